@@ -1,0 +1,164 @@
+"""The ``kdpipe`` console script.
+
+Module-level imports stay torch-free: ``kdpipe predict`` must run where only onnxruntime and
+tokenizers are installed.  Each subcommand is a ``register(subparsers)`` function in
+``COMMANDS``; it sets ``func`` (``argparse.Namespace -> int``) as a default.  A command that
+needs torch imports it inside its ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdpipe.env import apply_defaults
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify texts with an exported model (onnxruntime, no torch)",
+        description="Classify texts with an export folder (model.onnx, tokenizer.json, kdpipe.json). "
+                    "Texts come from the arguments, --file, or stdin (one per line; a TAB splits a "
+                    "line into a sentence pair). Prints label<TAB>score<TAB>text per input "
+                    "('-' as label for regression), or JSON lines with --json.")
+    p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by the export stage")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    p.add_argument("--pair", nargs="+", metavar="TEXT_B", help="second sentences, one per TEXT")
+    p.add_argument("--file", type=Path, metavar="PATH",
+                   help="one text per line, or TSV with two columns for sentence pairs")
+    p.add_argument("--int8", action="store_true", help="use model.int8.onnx instead of model.onnx")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="ORT intra-op threads")
+    p.set_defaults(func=_run_predict)
+
+
+def _add_ui(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ui", help="open the MLflow UI on this project's runs (bound to 127.0.0.1)",
+        description="Serve the MLflow UI over the project's tracking store ($MLFLOW_TRACKING_URI, "
+                    "else sqlite:///<repo>/mlflow.db), bound to 127.0.0.1 only.")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from kdpipe.tracking import tracking_uri
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(),
+           "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _add_tasks(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("tasks", help="list the registered tasks, their labels and metrics")
+    p.set_defaults(func=_run_tasks)
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from kdpipe.tasks import get_task, task_names
+
+    for name in task_names():
+        if name == "custom":
+            print("custom\tyour CSV/TSV/JSON/Parquet files (task.files, task.text_columns, task.label_column)")
+            continue
+        spec = get_task(name)
+        labels = ",".join(spec.labels) if spec.labels else "regression"
+        print(f"{name}\t{spec.num_text_fields} text(s)\t{labels}\t{'/'.join(spec.metrics)}")
+    return 0
+
+
+# Subcommand registrars, in help order; add new ones here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_predict, _add_tasks, _add_ui]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdpipe", description="Knowledge distillation for BERT-style encoders.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"kdpipe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `kdpipe predict ... | head`: stop quietly
+        sys.stderr.close()
+        return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from kdpipe.runtime import OnnxTextClassifier  # onnxruntime import is slow; only when used
+
+    texts, pairs = _predict_inputs(args)
+    clf = OnnxTextClassifier.from_dir(args.export_dir, variant="int8" if args.int8 else "fp32",
+                                      threads=args.threads)
+    results = clf.predict(texts, pairs, batch_size=args.batch_size)
+    for i, result in enumerate(results):
+        pair = None if pairs is None else pairs[i]
+        print(_format_line(texts[i], pair, result, as_json=args.json))
+    sys.stdout.flush()
+    return 0
+
+
+def _predict_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
+    """Texts (and pair texts) from TEXT/--pair, --file, or stdin, in that order of preference."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.texts and args.file:
+        raise ValueError("give texts as arguments or with --file, not both")
+    if args.texts:
+        if args.pair is not None and len(args.pair) != len(args.texts):
+            raise ValueError(f"got {len(args.texts)} TEXT but {len(args.pair)} --pair texts")
+        return list(args.texts), None if args.pair is None else list(args.pair)
+    if args.pair is not None:
+        raise ValueError("--pair needs TEXT arguments (use a two-column TSV with --file or stdin)")
+    if args.file:
+        if not args.file.is_file():
+            raise FileNotFoundError(f"--file {args.file} not found")
+        with args.file.open(encoding="utf-8") as f:
+            return _read_lines(f, str(args.file))
+    return _read_lines(sys.stdin, "stdin")
+
+
+def _read_lines(lines: Iterable[str], source: str) -> tuple[list[str], list[str] | None]:
+    """One text per non-blank line, or ``text<TAB>pair`` on every line for sentence pairs."""
+    rows = [(n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(lines, 1) if line.strip()]
+    if not rows:
+        raise ValueError(f"no texts in {source}")
+    width = len(rows[0][1])
+    for n, cols in rows:
+        if len(cols) not in (1, 2) or len(cols) != width:
+            raise ValueError(f"{source} line {n}: expected {width} column(s) like line {rows[0][0]}, "
+                             f"got {len(cols)} (one text per line, or text<TAB>pair on every line)")
+    texts = [cols[0] for _, cols in rows]
+    return texts, ([cols[1] for _, cols in rows] if width == 2 else None)
+
+
+def _format_line(text: str, pair: str | None, result: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        record = {"text": text, **({"pair": pair} if pair is not None else {}), **result}
+        return json.dumps(record, ensure_ascii=False)
+    shown = text if pair is None else f"{text}\t{pair}"
+    return f"{result.get('label', '-')}\t{result['score']:.4f}\t{shown}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

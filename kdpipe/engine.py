@@ -1,0 +1,229 @@
+"""The one training loop.  Every method plugs in through ``Method.losses``.
+
+Accelerate owns devices and processes (CPU here, one GPU, or ``accelerate launch`` over many
+GPUs with no code change) and mixed precision.  The loop: AdamW with linear warmup/decay,
+gradient clipping, dev evaluation every N steps, best and last weights (safetensors), and a
+resumable checkpoint every ``checkpoint_every`` steps: a run killed mid-training and started
+again continues from its last checkpoint with the same data order and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from kdpipe.config import TrainConfig
+from kdpipe.data import DistillCollator, EpochShuffleSampler, TextDataset
+from kdpipe.evaluation import evaluate_split
+from kdpipe.methods.base import Method
+from kdpipe.metrics import is_better
+from kdpipe.taps import run_model
+from kdpipe.tasks import TaskSpec
+
+
+class MetricLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class NullLogger:
+    def log_metrics(self, metrics, step):
+        pass
+
+
+@dataclass
+class TrainResult:
+    selected: str                    # "best" or "last": whose weights the student now holds
+    best_step: int
+    best_dev: dict[str, float]
+    last_dev: dict[str, float]
+    train_curve: list[dict] = field(default_factory=list)   # step, epoch, lr, loss, <parts>
+    dev_curve: list[dict] = field(default_factory=list)     # step, <metrics>, loss
+    resumed_from_step: int = 0
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    if mixed_precision == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        mixed_precision = "bf16" if cuda_bf16 else "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def _param_groups(student: torch.nn.Module, method: Method, cfg: TrainConfig) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in student.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    extra = [p for p in method.parameters() if p.requires_grad]
+    if extra:  # projections: their own group, so a method can give them their own settings
+        groups.append({"params": extra, "weight_decay": cfg.weight_decay})
+    return groups
+
+
+def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: TextDataset,
+          dev_set: TextDataset, collator: DistillCollator, cfg: TrainConfig, *, seed: int,
+          checkpoint_dir: str | Path, fingerprint: str, teacher: torch.nn.Module | None = None,
+          logger: MetricLogger | None = None, desc: str = "train",
+          stop_after_steps: int | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train ``student`` with ``method``; returns curves and leaves the selected weights in it.
+
+    ``fingerprint`` identifies the run's inputs: a checkpoint written under another fingerprint
+    is discarded rather than resumed.  ``stop_after_steps`` simulates an interruption (tests).
+    """
+    logger = logger or NullLogger()
+    ckpt = Path(checkpoint_dir)
+    state = _load_trainer_state(ckpt, fingerprint)
+    set_seed(seed)
+    accelerator = make_accelerator(cfg.mixed_precision)
+
+    sampler = EpochShuffleSampler(len(train_set), seed)
+    # Own generators: creating a loader iterator draws a seed, and drawing it from the global
+    # RNG would shift dropout masks after a resume.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
+                              generator=torch.Generator().manual_seed(seed))
+    dev_loader = DataLoader(dev_set, batch_size=cfg.eval_batch_size, collate_fn=collator,
+                            generator=torch.Generator().manual_seed(seed))
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(_param_groups(student, method, cfg), lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    has_method_params = any(p.requires_grad for p in method.parameters())
+    if has_method_params:
+        student, method, optimizer, scheduler = accelerator.prepare(student, method, optimizer, scheduler)
+    else:
+        student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+        method = method.to(accelerator.device)
+    train_loader, dev_loader = accelerator.prepare(train_loader, dev_loader)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+
+    step = 0
+    if state is not None:
+        accelerator.load_state(str(ckpt / "state"))
+        step = state["step"]
+        accelerator.print(f"[{desc}] resuming from checkpoint at step {step}/{total_steps}")
+    best = state["best"] if state else {"step": -1, "dev": {}}
+    train_curve = state["train_curve"] if state else []
+    dev_curve = state["dev_curve"] if state else []
+    resumed_from = step
+
+    def evaluate(at_step: int) -> dict:
+        dev = evaluate_split(accelerator.unwrap_model(student), dev_loader, spec, "student", accelerator.autocast)
+        dev_curve.append({"step": at_step, **dev})
+        logger.log_metrics({f"dev/{k}": v for k, v in dev.items()}, at_step)
+        if best["step"] < 0 or is_better(spec, dev[spec.main_metric], best["dev"][spec.main_metric]):
+            best.update(step=at_step, dev=dev)
+            _save_weights(accelerator, student, ckpt / "best")
+        if on_eval:
+            on_eval(at_step, dev)
+        return dev
+
+    def checkpoint(at_step: int) -> None:
+        tmp = ckpt / "state.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.save_state(str(tmp))
+        shutil.rmtree(ckpt / "state", ignore_errors=True)
+        tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
+        _write_json(ckpt / "trainer_state.json", {
+            "fingerprint": fingerprint, "step": at_step, "best": best,
+            "train_curve": train_curve, "dev_curve": dev_curve})
+
+    student.train()
+    parts_sum, parts_n = defaultdict(float), 0
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        for batch in loader:
+            with accelerator.autocast():
+                teacher_out = None
+                if method.needs_teacher:
+                    with torch.no_grad():
+                        teacher_out = run_model(teacher, batch["teacher"], method.teacher_needs)
+                student_out = run_model(student, batch["student"], method.student_needs)
+                losses = method(student_out, teacher_out, batch["labels"])
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}: lower the "
+                                         f"learning rate or check the data")
+            accelerator.backward(loss)
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            for name, value in losses.items():
+                parts_sum[name] += value.detach().float().item()
+            parts_n += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                row = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                       **{k: v / parts_n for k, v in parts_sum.items()}}
+                train_curve.append(row)
+                logger.log_metrics({f"train/{k}": v for k, v in row.items() if k != "step"}, step)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                parts_sum, parts_n = defaultdict(float), 0
+            end_of_epoch = step % steps_per_epoch == 0
+            if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) \
+                    or step == total_steps:
+                if not dev_curve or dev_curve[-1]["step"] != step:
+                    evaluate(step)
+            if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total_steps:
+                checkpoint(step)
+            if step == total_steps or step == stop_after_steps:
+                break
+        if step == stop_after_steps and step < total_steps:
+            bar.close()
+            raise KeyboardInterrupt(f"[{desc}] stopped after {step} steps (stop_after_steps)")
+    bar.close()
+
+    last_dev = dev_curve[-1]
+    _save_weights(accelerator, student, ckpt / "last")
+    selected = cfg.select
+    if selected == "best" and best["step"] != step:
+        load_model(accelerator.unwrap_model(student), str(ckpt / "best" / "model.safetensors"))
+    accelerator.wait_for_everyone()
+    return TrainResult(selected=selected, best_step=best["step"], best_dev=best["dev"], last_dev=last_dev,
+                       train_curve=train_curve, dev_curve=dev_curve, resumed_from_step=resumed_from)
+
+
+def _save_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(accelerator.unwrap_model(model), str(folder / "model.safetensors.tmp"))
+        (folder / "model.safetensors.tmp").rename(folder / "model.safetensors")
+
+
+def _load_trainer_state(ckpt: Path, fingerprint: str) -> dict | None:
+    state_file = ckpt / "trainer_state.json"
+    if state_file.exists() and (ckpt / "state").exists():
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") == fingerprint:
+            return state
+    shutil.rmtree(ckpt, ignore_errors=True)  # stale: another config or data wrote it
+    ckpt.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)

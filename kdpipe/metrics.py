@@ -1,0 +1,139 @@
+"""Task metrics computed from raw model outputs, with scikit-learn and scipy only.
+
+Every metric here is "higher is better", so checkpoint selection needs no per-metric sign.
+Degenerate inputs (a constant prediction vector, a single example) give 0.0 instead of NaN or a
+warning: early in training a student often predicts one class, and that must not break the
+best-checkpoint comparison or flood the log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # tasks.py imports KNOWN_METRICS from here; avoid the cycle at run time
+    from kdpipe.tasks import TaskSpec
+
+# Metrics valid per problem type; TaskSpec validates its metric names against these.
+CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
+REGRESSION_METRICS = ("pearson", "spearman")
+KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+
+
+def _accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float(np.mean(pred == gold))
+
+
+def _f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    # Binary F1 of class 1 (GLUE's MRPC/QQP convention); no positives anywhere -> 0.0, silently.
+    return float(f1_score(gold, pred, average="binary", pos_label=1, zero_division=0))
+
+
+def _macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred, average="macro", zero_division=0))
+
+
+def _matthews(pred: np.ndarray, gold: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(gold, pred))
+
+
+def _degenerate(pred: np.ndarray, gold: np.ndarray) -> bool:
+    # Correlation is undefined for fewer than two points or a constant vector; scipy would warn
+    # and return NaN.
+    return len(pred) < 2 or bool(np.all(pred == pred[0])) or bool(np.all(gold == gold[0]))
+
+
+def _pearson(pred: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    if _degenerate(pred, gold):
+        return 0.0
+    return float(pearsonr(pred, gold)[0])
+
+
+def _spearman(pred: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if _degenerate(pred, gold):
+        return 0.0
+    return float(spearmanr(pred, gold)[0])
+
+
+_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": _accuracy,
+    "f1": _f1,
+    "macro_f1": _macro_f1,
+    "matthews": _matthews,
+    "pearson": _pearson,
+    "spearman": _spearman,
+}
+
+
+def predicted_values(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
+    """Turn raw model outputs into class ids (classification) or scores (regression).
+
+    Classification accepts logits ``[N, C]`` (argmax) or already-decided class ids ``[N]``;
+    regression accepts ``[N]`` or ``[N, 1]``.
+    """
+    predictions = np.asarray(predictions)
+    if spec.problem == "classification":
+        if predictions.ndim == 2:
+            if predictions.shape[1] != spec.num_labels:
+                raise ValueError(
+                    f"task {spec.name!r} has {spec.num_labels} labels but predictions have "
+                    f"{predictions.shape[1]} columns")
+            return predictions.argmax(axis=-1)
+        if predictions.ndim == 1 and np.issubdtype(predictions.dtype, np.integer):
+            return predictions
+        raise ValueError(
+            f"task {spec.name!r}: expected logits [N, {spec.num_labels}] or class ids [N], "
+            f"got shape {predictions.shape} dtype {predictions.dtype}")
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        predictions = predictions[:, 0]
+    if predictions.ndim != 1:
+        raise ValueError(f"task {spec.name!r} is regression: expected predictions [N] or [N, 1], "
+                         f"got shape {predictions.shape}")
+    return predictions.astype(np.float64)
+
+
+def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric in ``spec.metrics``, as python floats, from raw outputs and gold labels."""
+    pred = predicted_values(spec, predictions)
+    gold = np.asarray(labels)
+    if gold.ndim == 2 and gold.shape[1] == 1:
+        gold = gold[:, 0]
+    if gold.ndim != 1 or len(gold) != len(pred):
+        raise ValueError(f"task {spec.name!r}: {len(pred)} predictions but labels have shape {gold.shape}")
+    if len(gold) == 0:
+        raise ValueError(f"task {spec.name!r}: cannot compute metrics on zero examples")
+    gold = gold.astype(np.float64 if spec.problem == "regression" else np.int64)
+    out: dict[str, float] = {}
+    for name in spec.metrics:
+        if name not in _METRICS:
+            raise ValueError(f"task {spec.name!r}: unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}")
+        value = _METRICS[name](pred, gold)
+        out[name] = value if math.isfinite(value) else 0.0
+    return out
+
+
+def is_better(spec: TaskSpec, a: float, b: float) -> bool:
+    """Whether main-metric value ``a`` beats ``b`` (strictly; ties keep the earlier checkpoint).
+
+    All supported metrics are higher-is-better. A NaN never wins, and anything finite beats NaN.
+    """
+    if spec.main_metric not in KNOWN_METRICS:
+        raise ValueError(f"task {spec.name!r}: unknown main metric {spec.main_metric!r}")
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b

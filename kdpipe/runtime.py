@@ -1,0 +1,239 @@
+"""Torch-free inference on an exported model: onnxruntime + tokenizers only.
+
+Users deploy an export folder without torch or transformers, so this module must never import
+either (a test checks ``sys.modules`` in a fresh interpreter).  An export folder holds:
+
+- ``model.onnx``       fp32 graph; inputs int64 [batch, seq], output ``logits`` float32 [batch, n]
+- ``model.int8.onnx``  optional dynamically quantised copy
+- ``tokenizer.json``   written by a transformers tokenizer's ``save_pretrained``
+- ``kdpipe.json``      ``{"labels": [...] | null, "problem": "classification" | "regression",
+                         "max_length": int, "input_names": [...], "task": {...}}``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+META_FILE = "kdpipe.json"
+OUTPUT_NAME = "logits"
+
+Variant = Literal["fp32", "int8"]
+
+
+def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """An ORT session on the CPU provider, named explicitly so that ORT builds with other
+    providers never pick one silently.  ``threads=None`` keeps ORT's default (all cores)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def session_logits(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Run ``session`` on the graph's own inputs, taken from ``feeds`` and cast to int64.
+
+    Extra keys (``labels``, ``token_type_ids`` for a model without them) are ignored, so a
+    tokenizer's or collator's batch can be passed as is.  Returns float32 [batch, num_labels].
+    """
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise KeyError(f"the ONNX model needs inputs {missing}; got {sorted(feeds)}")
+    inputs = {n: np.asarray(feeds[n], dtype=np.int64) for n in names}
+    return session.run([OUTPUT_NAME], inputs)[0]
+
+
+@dataclass(frozen=True)
+class ExportMeta:
+    """The contents of ``kdpipe.json``."""
+
+    labels: list[str] | None
+    problem: Literal["classification", "regression"]
+    max_length: int
+    input_names: list[str]
+    task: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExportMeta:
+        raw = json.loads(Path(path).read_text())
+        if not isinstance(raw, dict) or "max_length" not in raw:
+            raise ValueError(f"{path}: expected an object with at least 'max_length'")
+        problem = raw.get("problem", "classification")
+        if problem not in ("classification", "regression"):
+            raise ValueError(f"{path}: problem must be 'classification' or 'regression', got {problem!r}")
+        return cls(labels=raw.get("labels"), problem=problem, max_length=int(raw["max_length"]),
+                   input_names=list(raw.get("input_names") or []), task=dict(raw.get("task") or {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "problem": self.problem, "max_length": self.max_length,
+                "input_names": self.input_names, "task": self.task}
+
+
+def load_tokenizer(folder: str | Path, max_length: int) -> Tokenizer:
+    """``tokenizer.json`` set up to match transformers' ``tok(texts, [pairs], padding=True,
+    truncation=True, max_length=max_length)``.
+
+    The saved file may carry fixed-length padding and another truncation length (MiniLM's
+    pads to 128), so both are replaced: truncate to ``max_length`` (longest_first for pairs)
+    and pad to the longest sequence in the batch.
+    """
+    folder = Path(folder)
+    tokenizer = Tokenizer.from_file(str(_require(folder / TOKENIZER_FILE)))
+    pad_token, pad_type_id = _pad_token(tokenizer, folder)
+    pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        raise ValueError(f"{folder / TOKENIZER_FILE}: pad token {pad_token!r} is not in the vocabulary")
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=pad_type_id)
+    return tokenizer
+
+
+def _pad_token(tokenizer: Tokenizer, folder: Path) -> tuple[str, int]:
+    """The pad token: the one saved in tokenizer.json's padding, else tokenizer_config.json's,
+    else the first well-known pad token in the vocabulary."""
+    if tokenizer.padding is not None:
+        return tokenizer.padding["pad_token"], int(tokenizer.padding.get("pad_type_id", 0))
+    config_path = folder / TOKENIZER_CONFIG_FILE
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        token = config.get("pad_token")
+        if isinstance(token, dict):  # older AddedToken serialisation
+            token = token.get("content")
+        if token:
+            return token, int(config.get("pad_token_type_id", 0))
+    for token in ("[PAD]", "<pad>"):
+        if tokenizer.token_to_id(token) is not None:
+            return token, 0
+    raise ValueError(f"{folder}: cannot tell the pad token; save the tokenizer with save_pretrained")
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} not found in export folder {path.parent} ({path})")
+    return path
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of float [batch, n], stable for large logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def to_predictions(logits: np.ndarray, labels: Sequence[str] | None,
+                   problem: Literal["classification", "regression"]) -> list[dict[str, Any]]:
+    """Logits [batch, n] → one dict per row.
+
+    classification: ``{"label": name, "score": p(label), "probs": {name: p}}``; names default to
+    ``LABEL_i`` (transformers' convention) when the export has no label names.
+    regression: ``{"score": value}`` from the single output.
+    """
+    if problem == "regression":
+        return [{"score": float(row[0])} for row in logits]
+    names = list(labels) if labels else [f"LABEL_{i}" for i in range(logits.shape[-1])]
+    if len(names) != logits.shape[-1]:
+        raise ValueError(f"{len(names)} labels but the model gives {logits.shape[-1]} logits")
+    results = []
+    for row in softmax(logits.astype(np.float64)):
+        best = int(row.argmax())
+        results.append({"label": names[best], "score": float(row[best]),
+                        "probs": {name: float(p) for name, p in zip(names, row)}})
+    return results
+
+
+class OnnxTextClassifier:
+    """Text (or text-pair) classification/regression with an exported model, no torch needed.
+
+    >>> clf = OnnxTextClassifier.from_dir("exports/vanilla_kd", variant="int8")
+    >>> clf.predict(["what a day"])  # [{"label": "positive", "score": 0.93, "probs": {...}}]
+    """
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, meta: ExportMeta) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def from_dir(cls, export_dir: str | Path, variant: Variant = "fp32",
+                 threads: int | None = None) -> OnnxTextClassifier:
+        """Load ``model.onnx`` (or ``model.int8.onnx``), ``tokenizer.json`` and ``kdpipe.json``.
+
+        Raises FileNotFoundError naming the missing file, ValueError for an unknown variant.
+        """
+        if variant not in MODEL_FILES:
+            raise ValueError(f"variant must be one of {sorted(MODEL_FILES)}, got {variant!r}")
+        folder = Path(export_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"export folder {folder} not found")
+        meta = ExportMeta.load(_require(folder / META_FILE))
+        model_path = _require(folder / MODEL_FILES[variant])
+        tokenizer = load_tokenizer(folder, meta.max_length)
+        return cls(make_session(model_path, threads), tokenizer, meta)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta.labels
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Tokenise one batch → int64 arrays [batch, longest] for input_ids, attention_mask and
+        token_type_ids (all three, whatever the model takes; ``logits`` feeds only its own)."""
+        if pairs is None:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        else:
+            encodings = self.tokenizer.encode_batch(list(zip(texts, pairs)))
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+    def logits(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
+               batch_size: int = 32) -> np.ndarray:
+        """Raw model outputs, float32 [len(texts), num_labels] (num_labels = 1 for regression)."""
+        texts, pairs = _as_lists(texts, pairs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        chunks = [
+            session_logits(self.session, self.encode(texts[i:i + batch_size],
+                                                     None if pairs is None else pairs[i:i + batch_size]))
+            for i in range(0, len(texts), batch_size)
+        ]
+        if not chunks:
+            return np.zeros((0, self._num_outputs()), dtype=np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def predict(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
+                batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per text; see :func:`to_predictions` for the keys."""
+        return to_predictions(self.logits(texts, pairs, batch_size), self.meta.labels, self.meta.problem)
+
+    def _num_outputs(self) -> int:
+        dim = self.session.get_outputs()[0].shape[-1]
+        if isinstance(dim, int):
+            return dim
+        return 1 if self.meta.problem == "regression" else len(self.meta.labels or [])
+
+
+def _as_lists(texts: str | Iterable[str],
+              pairs: str | Iterable[str] | None) -> tuple[list[str], list[str] | None]:
+    # A bare string is one text, not a sequence of characters.
+    text_list = [texts] if isinstance(texts, str) else list(texts)
+    if pairs is None:
+        return text_list, None
+    pair_list = [pairs] if isinstance(pairs, str) else list(pairs)
+    if len(pair_list) != len(text_list):
+        raise ValueError(f"got {len(text_list)} texts but {len(pair_list)} pair texts")
+    return text_list, pair_list

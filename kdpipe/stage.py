@@ -1,0 +1,58 @@
+"""What every DVC stage script does around its one call into kdpipe: read and validate
+params.yaml, open its MLflow child run, and turn expected failures into one clear line."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from kdpipe.env import apply_defaults, repo_root
+
+apply_defaults()
+
+from kdpipe.config import ConfigError, Params, load_params  # noqa: E402
+
+
+@dataclass
+class StageContext:
+    params: Params
+    root: Path
+    tracker: Any  # kdpipe.tracking.Tracker or NullTracker
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kdpipe.models import ModelError
+    from kdpipe.pipeline import ExportCheckError
+    from kdpipe.tasks import TaskDataError
+    return ConfigError, ModelError, TaskDataError, ExportCheckError, FileNotFoundError
+
+
+@contextlib.contextmanager
+def stage(name: str, sections: list[str], run_name: str | None = None,
+          tags: dict[str, Any] | None = None) -> Iterator[StageContext]:
+    """``sections`` are the params.yaml sections this stage reads (logged as the run's params)."""
+    root = repo_root()
+    try:
+        params = load_params(root / "params.yaml")
+        from kdpipe.pipeline import preflight
+        preflight(params)
+    except _user_errors() as e:
+        print(f"kdpipe {name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from kdpipe.tracking import stage_run
+
+    dumped = params.model_dump()
+    with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled,
+                   run_name=run_name, tags={"kdpipe.task": params.task.name, **(tags or {})}) as tracker:
+        tracker.log_params({key: dumped[key] for key in sections})
+        try:
+            yield StageContext(params, root, tracker)
+        except _user_errors() as e:
+            print(f"kdpipe {name}: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None

@@ -1,0 +1,23 @@
+"""Stage `distill@<run>`: distil one student with the method of run <run> in params.yaml."""
+
+import sys
+
+from kdpipe.stage import stage
+
+run_name = sys.argv[1]
+with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run_name}",
+           tags={"kdpipe.run": run_name}) as s:
+    from kdpipe.artifacts import write_json
+    from kdpipe.pipeline import distill
+
+    if run_name not in s.params.distill.runs:
+        raise SystemExit(f"kdpipe distill: error: no run {run_name!r} under distill.runs in params.yaml")
+    run = s.params.distill.runs[run_name]
+    s.tracker.set_tags({"kdpipe.method": run.method})
+    s.tracker.log_params({"run": run.model_dump(), "train": s.params.run_train_config(run_name).model_dump()})
+    summary = distill(s.params, run_name, s.path("data/prepared"), s.path("models/teacher"),
+                      s.path(f"models/students/{run_name}"), s.path(f"checkpoints/distill/{run_name}"),
+                      s.path("plots"), logger=s.tracker)
+    write_json(s.path(f"metrics/distill/{run_name}.json"), summary)
+    s.tracker.log_metrics({"best_dev": summary["best_dev"], "last_dev": summary["last_dev"]})
+    s.tracker.log_artifact(s.path(f"metrics/distill/{run_name}.json"))

@@ -1,0 +1,20 @@
+"""Stage `evaluate`: teacher and every student on dev/test: metrics, retention, size, latency."""
+
+from kdpipe.stage import stage
+
+with stage("evaluate", ["evaluate"]) as s:
+    from kdpipe.artifacts import write_json
+    from kdpipe.pipeline import evaluate_models, tradeoff_rows
+
+    report = evaluate_models(s.params, s.path("data/prepared"), s.path("models/teacher"),
+                             s.path("models/students"))
+    write_json(s.path("metrics/evaluate.json"), report)
+    write_json(s.path("plots/tradeoff.json"), tradeoff_rows(report))
+    s.tracker.log_metrics({"teacher": report["teacher"], **report["students"]})
+    s.tracker.log_artifact(s.path("metrics/evaluate.json"))
+    s.tracker.log_artifact(s.path("plots"), "plots")
+    main = report["main_metric"]
+    print(f"teacher dev {main}: {report['teacher']['dev'][main]:.4f}")
+    for name, r in report["students"].items():
+        print(f"{name} dev {main}: {r['dev'][main]:.4f} (retention {r['retention_pct'].get('dev')}%, "
+              f"speed-up at batch 1: {r['speedup'].get('batch_1')}x)")

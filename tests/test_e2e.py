@@ -1,0 +1,172 @@
+"""End to end with the real MiniLM and real GLUE files.
+
+1. ``dvc repro`` in a temporary copy of the repo on RTE (sentence pairs, a few steps): artifacts,
+   metrics, MLflow runs, ONNX parity, a no-op re-run, ``dvc exp run -S`` that leaves the teacher
+   alone, and ``kdpipe predict`` on the exported student.
+2. STS-B regression through the Python API alone (no DVC).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def tiny_params(glue_dir: Path, task: str, runs: dict) -> dict:
+    return {
+        "seed": 1,
+        "max_length": 64,
+        "task": {"name": task, "glue_dir": str(glue_dir), "max_train_examples": 64, "max_eval_examples": 48},
+        "teacher": {"model": "minilm", "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48}},
+        "student": {"num_layers": 2, "layers": "uniform"},
+        "distill": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "lr": 1e-4}, "runs": runs},
+        "evaluate": {"latency_batch_sizes": [1, 4], "latency_warmup": 1, "latency_repeats": 2},
+        # 48 dev examples: one flipped prediction moves accuracy by 2 points; the gate itself is unit-tested
+        "export": {"parity_batches": 2, "int8_max_drop": 1.0},
+        "tracking": {"experiment": "e2e"},
+    }
+
+
+def _env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_", "KDPIPE_"))}
+    # the stage commands say `python`: make it this interpreter, as an activated venv would
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return env
+
+
+def sh(args: list[str], root: Path, timeout: int = 900) -> str:
+    proc = subprocess.run(args, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-6000:]}"
+    return out
+
+
+def dvc(*args: str, root: Path) -> str:
+    return sh([sys.executable, "-m", "dvc", *args], root)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for item in ("dvc.yaml", "stages", ".dvc/config", ".gitignore"):
+        src = REPO / item
+        dst = root / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() \
+            else shutil.copy(src, dst)
+    # The stages' code deps (kdpipe/*.py) are part of the pipeline: copy the package too.
+    shutil.copytree(REPO / "kdpipe", root / "kdpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    runs = {"finetune": {"method": "finetune"}, "kd": {"method": "vanilla_kd", "temperature": 2.0, "alpha": 0.5}}
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue_dir, "rte", runs)))
+    sh(["git", "init", "-q"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "init"], root)
+    out = dvc("repro", root=root)
+    return root, out
+
+
+def test_repro_builds_every_artifact(project):
+    root, out = project
+    for stage in ("data", "teacher", "distill@finetune", "distill@kd", "evaluate", "export@finetune", "export@kd"):
+        assert f"'{stage}'" in out, stage
+    assert (root / "models/teacher/model.safetensors").exists()
+    for run in ("finetune", "kd"):
+        assert (root / f"models/students/{run}/model.safetensors").exists()
+        assert {"model.onnx", "model.int8.onnx", "tokenizer.json", "kdpipe.json"} <= \
+            {p.name for p in (root / f"exports/{run}").iterdir()}
+    assert not list(root.glob("**/.*.tmp-*")), "half-written artifacts left behind"
+
+
+def test_metrics_compare_teacher_and_students(project):
+    root, _ = project
+    report = json.loads((root / "metrics/evaluate.json").read_text())
+    assert report["main_metric"] == "accuracy"
+    assert set(report["students"]) == {"finetune", "kd"}
+    teacher, kd = report["teacher"], report["students"]["kd"]
+    assert 0 <= kd["dev"]["accuracy"] <= 1 and teacher["layers"] == 6 and kd["layers"] == 2
+    assert kd["parameters"] < teacher["parameters"]
+    assert set(kd["latency_ms"]) == {"batch_1", "batch_4"}
+    assert kd["retention_pct"]["dev"] == pytest.approx(100 * kd["dev"]["accuracy"] / teacher["dev"]["accuracy"],
+                                                       abs=0.01)
+    shown = dvc("metrics", "show", "--json", root=root)
+    assert "metrics/evaluate.json" in shown and "metrics/export/kd.json" in shown
+    export = json.loads((root / "metrics/export/kd.json").read_text())
+    assert export["parity"]["max_abs_diff"] <= 1e-4
+    assert export["fp32"]["dev"]["accuracy"] == pytest.approx(kd["dev"]["accuracy"], abs=1 / 48 + 1e-9)
+    assert (root / "plots/train/kd.csv").exists() and (root / "plots/dev/teacher.csv").exists()
+
+
+def test_mlflow_has_one_parent_with_a_child_per_stage_and_method(project):
+    import mlflow
+
+    root, _ = project
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`kdpipe.kind` = 'pipeline'")
+    assert len(runs) >= 1
+    first = min(runs, key=lambda r: r.info.start_time)
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{first.info.run_id}'")
+    names = {c.info.run_name for c in children}
+    assert {"data", "teacher", "distill/finetune", "distill/kd", "evaluate", "export/finetune", "export/kd"} <= names
+    kd = next(c for c in children if c.info.run_name == "distill/kd")
+    assert kd.data.tags["kdpipe.method"] == "vanilla_kd"
+    assert kd.data.tags.get("mlflow.source.git.commit")
+    assert "run.temperature" in kd.data.params
+    assert client.get_metric_history(kd.info.run_id, "train.loss") or client.get_metric_history(
+        kd.info.run_id, "train/loss")
+    export = next(c for c in children if c.info.run_name == "export/kd")
+    artifacts = {a.path for a in client.list_artifacts(export.info.run_id)}
+    assert any("export" in a or a.endswith(".json") for a in artifacts)
+
+
+def test_noop_repro_and_exp_run_touch_only_what_changed(project):
+    root, _ = project
+    assert "Running stage" not in dvc("repro", root=root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "after repro"], root)
+    out = dvc("exp", "run", "-S", "distill.runs.kd.temperature=3", root=root)
+    assert "'distill@kd'" in out and "'export@kd'" in out
+    assert "Running stage 'teacher'" not in out and "Running stage 'distill@finetune'" not in out
+    assert "kd.temperature" in dvc("exp", "show", "--md", root=root) or "temperature" in dvc(
+        "exp", "show", "--json", root=root)
+
+
+def test_predict_cli_uses_the_exported_student(project):
+    root, _ = project
+    out = sh([sys.executable, "-m", "kdpipe.cli", "predict", str(root / "exports/kd"),
+              "A man is playing a guitar.", "--pair", "A person plays music.", "--json"], root)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["label"] in {"entailment", "not_entailment"}
+
+
+def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path):
+    from kdpipe.config import parse_params
+    from kdpipe.pipeline import distill, evaluate_models, export_student, prepare_data, train_teacher
+
+    raw = tiny_params(glue_dir, "stsb", {"kd": {"method": "vanilla_kd"}})
+    raw["export"]["int8_max_drop"] = 1.0
+    params = parse_params(raw)
+    prepare_data(params, tmp_path, tmp_path / "data")
+    teacher = train_teacher(params, tmp_path / "data", tmp_path / "teacher", tmp_path / "ck/t", tmp_path / "plots")
+    assert set(teacher["best_dev"]) >= {"pearson", "spearman", "loss"}
+    distill(params, "kd", tmp_path / "data", tmp_path / "teacher", tmp_path / "students/kd", tmp_path / "ck/kd",
+            tmp_path / "plots")
+    report = evaluate_models(params, tmp_path / "data", tmp_path / "teacher", tmp_path / "students")
+    assert report["main_metric"] == "pearson" and "spearman" in report["students"]["kd"]["dev"]
+    export = export_student(params, tmp_path / "students/kd", tmp_path / "data", tmp_path / "export")
+    assert export["parity"]["max_abs_diff"] <= 1e-4
+    assert export["fp32"]["dev"]["pearson"] == pytest.approx(report["students"]["kd"]["dev"]["pearson"], abs=1e-3)

@@ -1,0 +1,84 @@
+"""The training loop on a tiny random BERT: it learns, selects checkpoints and resumes exactly."""
+
+import pandas as pd
+import pytest
+import torch
+
+from kdpipe.config import TrainConfig
+from kdpipe.data import DistillCollator, Encoder, TextDataset
+from kdpipe.engine import train
+from kdpipe.methods import build_method
+from kdpipe.tasks import TaskSpec
+
+from conftest import tiny_bert
+
+SPEC = TaskSpec(name="toy", problem="classification", labels=("neg", "pos"), num_text_fields=1,
+                metrics=("accuracy",), main_metric="accuracy")
+
+
+def toy_frame(n: int, seed: int) -> pd.DataFrame:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g).tolist()
+    words = {0: "awful terrible bad", 1: "great lovely good"}
+    return pd.DataFrame({"text_a": [f"the movie was {words[y].split()[i % 3]}" for i, y in enumerate(labels)],
+                         "label": labels})
+
+
+@pytest.fixture
+def setup(tokenizer):
+    train_set, dev_set = TextDataset(toy_frame(48, 0)), TextDataset(toy_frame(16, 1))
+    enc = Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], 16)
+    return train_set, dev_set, DistillCollator(enc, enc, regression=False)
+
+
+def run(setup, tmp_path, *, method="vanilla_kd", teacher=True, stop=None, fingerprint="f", **cfg):
+    train_set, dev_set, collator = setup
+    student = tiny_bert(num_labels=2, layers=2, seed=1)
+    cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 4, "log_every": 2,
+                         "eval_every": 3, **cfg})
+    result = train(student, build_method(method, {}, regression=False), SPEC, train_set, dev_set, collator, cfg,
+                   seed=7, checkpoint_dir=tmp_path / "ckpt", fingerprint=fingerprint,
+                   teacher=tiny_bert(num_labels=2, layers=2, seed=2) if teacher else None, stop_after_steps=stop)
+    return student, result
+
+
+def test_training_learns_and_logs_every_loss_part(setup, tmp_path):
+    student, result = run(setup, tmp_path, epochs=4)
+    first, last = result.train_curve[0], result.train_curve[-1]
+    assert last["loss"] < first["loss"]
+    assert {"kd", "hard", "lr", "epoch"} <= set(last)
+    assert last["step"] == 24 and result.dev_curve[-1]["step"] == 24
+    assert [r["step"] for r in result.dev_curve] == [3, 6, 9, 12, 15, 18, 21, 24]
+    assert (tmp_path / "ckpt" / "best" / "model.safetensors").exists()
+    assert (tmp_path / "ckpt" / "last" / "model.safetensors").exists()
+
+
+def test_best_checkpoint_is_restored_when_selected(setup, tmp_path):
+    from safetensors.torch import load_file
+    student, result = run(setup, tmp_path, select="best")
+    best = load_file(tmp_path / "ckpt" / "best" / "model.safetensors")
+    assert all(torch.equal(v, best[k]) for k, v in student.state_dict().items())
+    assert result.best_dev["accuracy"] == max(r["accuracy"] for r in result.dev_curve)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
+    reference, ref_result = run(setup, tmp_path / "a", select="last")
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "b", select="last", stop=5)  # last checkpoint: step 4, mid-epoch
+    resumed, result = run(setup, tmp_path / "b", select="last")
+    assert result.resumed_from_step == 4
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["loss"] for r in result.train_curve] == pytest.approx([r["loss"] for r in ref_result.train_curve])
+
+
+def test_checkpoint_of_other_inputs_is_not_resumed(setup, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path, stop=5)
+    _, result = run(setup, tmp_path, fingerprint="other inputs")
+    assert result.resumed_from_step == 0
+
+
+def test_finetune_runs_without_a_teacher(setup, tmp_path):
+    _, result = run(setup, tmp_path, method="finetune", teacher=False, epochs=1)
+    assert set(result.train_curve[-1]) >= {"loss"} and "kd" not in result.train_curve[-1]

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from kdpipe.models import (ModelError, build_student, count_parameters, encoder_layers, load_classifier,
+                           resolve_model_path, save_model, select_layers)
+
+from conftest import tiny_bert, tiny_distilbert
+
+
+@pytest.mark.parametrize("choice, expected", [
+    ("uniform", [1, 3, 5]), ("first", [0, 1, 2]), ("last", [3, 4, 5]), ([0, 2, 5], [0, 2, 5])])
+def test_layer_selection_strategies(choice, expected):
+    assert select_layers(6, 3, choice) == expected
+
+
+def test_uniform_selection_keeps_the_top_layer():
+    assert select_layers(12, 4, "uniform") == [2, 5, 8, 11]
+    assert select_layers(6, 6, "uniform") == list(range(6))
+
+
+def test_bad_selections_fail_with_the_key_at_fault():
+    with pytest.raises(ModelError, match=r"student\.num_layers: 7 is deeper than the teacher \(6 layers\)"):
+        select_layers(6, 7, "uniform")
+    with pytest.raises(ModelError, match=r"student\.layers: \[6\] out of range"):
+        select_layers(6, 3, [0, 1, 6])
+
+
+def test_student_copies_the_selected_teacher_layers():
+    teacher = tiny_bert(layers=4)
+    student = build_student(teacher, [1, 3])
+    assert student.config.num_hidden_layers == 2 and len(encoder_layers(student)) == 2
+    for s_i, t_i in [(0, 1), (1, 3)]:
+        for (name, p_s), (_, p_t) in zip(encoder_layers(student)[s_i].named_parameters(),
+                                         encoder_layers(teacher)[t_i].named_parameters()):
+            assert torch.equal(p_s, p_t), name
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    assert student.bert.embeddings.word_embeddings.weight.data_ptr() != \
+        teacher.bert.embeddings.word_embeddings.weight.data_ptr()  # a copy, not shared
+    assert count_parameters(student) < count_parameters(teacher)
+    assert len(encoder_layers(teacher)) == 4  # the teacher is untouched
+
+
+def test_distilbert_students_are_supported():
+    student = build_student(tiny_distilbert(), [1])
+    assert student.config.n_layers == 1
+    student(input_ids=torch.tensor([[101, 2000, 102]]))
+
+
+def test_student_round_trips_through_save_pretrained(tmp_path, tokenizer):
+    student = build_student(tiny_bert(layers=4), [0, 3]).eval()
+    save_model(student, tokenizer, tmp_path / "s", extra={"role": "student"})
+    again = load_classifier(tmp_path / "s").eval()
+    ids = tokenizer(["a short test"], return_tensors="pt")
+    assert again.config.num_hidden_layers == 2
+    assert torch.equal(student(**ids).logits, again(**ids).logits)
+    assert (tmp_path / "s" / "model.safetensors").exists() and (tmp_path / "s" / "kdpipe.json").exists()
+
+
+def test_model_path_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve_model_path(str(tmp_path))
