@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
@@ -54,11 +54,21 @@ class TrainResult:
     resumed_from_step: int = 0
 
 
+def process_state() -> PartialState:
+    """The process group: GPUs when there are any, else CPU processes (gloo) under a launcher."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes outputs and logs."""
+    return process_state().is_main_process
+
+
 def make_accelerator(mixed_precision: str) -> Accelerator:
     if mixed_precision == "auto":
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         mixed_precision = "bf16" if cuda_bf16 else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _param_groups(student: torch.nn.Module, method: Method, cfg: TrainConfig) -> list[dict]:
@@ -97,10 +107,13 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
                               generator=torch.Generator().manual_seed(seed))
     dev_loader = DataLoader(dev_set, batch_size=cfg.eval_batch_size, collate_fn=collator,
                             generator=torch.Generator().manual_seed(seed))
-    steps_per_epoch = len(train_loader)
+    train_loader, dev_loader = accelerator.prepare(train_loader, dev_loader)
+    steps_per_epoch = len(train_loader)  # per process, once sharded
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(_param_groups(student, method, cfg), lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    # Accelerate steps a prepared scheduler once per process at every optimizer step.
+    n = accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n)
 
     has_method_params = any(p.requires_grad for p in method.parameters())
     if has_method_params:
@@ -108,7 +121,6 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     else:
         student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
         method = method.to(accelerator.device)
-    train_loader, dev_loader = accelerator.prepare(train_loader, dev_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
 
@@ -123,25 +135,32 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     resumed_from = step
 
     def evaluate(at_step: int) -> dict:
-        dev = evaluate_split(accelerator.unwrap_model(student), dev_loader, spec, "student", accelerator.autocast)
+        dev = evaluate_split(accelerator.unwrap_model(student), dev_loader, spec, "student", accelerator.autocast,
+                             accelerator.gather_for_metrics)
         dev_curve.append({"step": at_step, **dev})
         logger.log_metrics({f"dev/{k}": v for k, v in dev.items()}, at_step)
         if best["step"] < 0 or is_better(spec, dev[spec.main_metric], best["dev"][spec.main_metric]):
             best.update(step=at_step, dev=dev)
             _save_weights(accelerator, student, ckpt / "best")
+            accelerator.wait_for_everyone()
         if on_eval:
             on_eval(at_step, dev)
         return dev
 
     def checkpoint(at_step: int) -> None:
         tmp = ckpt / "state.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        shutil.rmtree(ckpt / "state", ignore_errors=True)
-        tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
-        _write_json(ckpt / "trainer_state.json", {
-            "fingerprint": fingerprint, "step": at_step, "best": best,
-            "train_curve": train_curve, "dev_curve": dev_curve})
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # every process writes its own RNG state into it
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(ckpt / "state", ignore_errors=True)
+            tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
+            _write_json(ckpt / "trainer_state.json", {
+                "fingerprint": fingerprint, "step": at_step, "best": best,
+                "train_curve": train_curve, "dev_curve": dev_curve})
+        accelerator.wait_for_everyone()
 
     student.train()
     parts_sum, parts_n = defaultdict(float), 0
@@ -195,8 +214,9 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             raise KeyboardInterrupt(f"[{desc}] stopped after {step} steps (stop_after_steps)")
     bar.close()
 
-    last_dev = dev_curve[-1]
+    last_dev = {k: v for k, v in dev_curve[-1].items() if k != "step"}
     _save_weights(accelerator, student, ckpt / "last")
+    accelerator.wait_for_everyone()
     selected = cfg.select
     if selected == "best" and best["step"] != step:
         load_model(accelerator.unwrap_model(student), str(ckpt / "best" / "model.safetensors"))
@@ -218,8 +238,9 @@ def _load_trainer_state(ckpt: Path, fingerprint: str) -> dict | None:
         state = json.loads(state_file.read_text())
         if state.get("fingerprint") == fingerprint:
             return state
-    shutil.rmtree(ckpt, ignore_errors=True)  # stale: another config or data wrote it
-    ckpt.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        shutil.rmtree(ckpt, ignore_errors=True)  # stale: another config or data wrote it
+        ckpt.mkdir(parents=True, exist_ok=True)
     return None
 
 

@@ -25,9 +25,11 @@ def apply_defaults() -> None:
 
 
 def repo_root(start: str | Path | None = None) -> Path:
-    """The project root: $DVC_ROOT when DVC runs us, else the nearest folder with dvc.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """Where a stage reads and writes artifacts: the nearest folder with dvc.yaml.
+
+    Not $DVC_ROOT: for a queued ``dvc exp run`` that names the user's workspace while the stage
+    runs in a temporary copy, and writing there would clobber the workspace.
+    """
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").exists():

@@ -17,11 +17,12 @@ from kdpipe.tasks import TaskSpec
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
-            autocast=None) -> tuple[np.ndarray, np.ndarray, float]:
+            autocast=None, gather=None) -> tuple[np.ndarray, np.ndarray, float]:
     """Logits [N, C], labels [N] and the mean hard-label loss over ``loader``.
 
     ``side`` picks which inputs of a DistillCollator batch to feed (the teacher's own
-    tokenisation for the teacher).
+    tokenisation for the teacher).  ``gather`` (``accelerator.gather_for_metrics``) collects
+    the shards of a distributed loader so every process scores the whole split.
     """
     was_training = model.training
     model.eval()
@@ -31,17 +32,20 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
         inputs = {k: v.to(device) for k, v in batch[side].items()}
         y = batch["labels"].to(device)
         with autocast() if autocast else contextlib.nullcontext():
-            z = model(**inputs).logits
-        loss_sum += label_loss(z, y, regression=z.shape[-1] == 1).item() * len(y)
-        logits.append(z.float().cpu())
+            z = model(**inputs).logits.float()
+        if gather is not None:
+            z, y = gather((z, y))
+        logits.append(z.cpu())
         labels.append(y.cpu())
     model.train(was_training)
-    all_labels = torch.cat(labels)
-    return torch.cat(logits).numpy(), all_labels.numpy(), loss_sum / max(len(all_labels), 1)
+    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    loss = label_loss(all_logits, all_labels, regression=all_logits.shape[-1] == 1).item()
+    return all_logits.numpy(), all_labels.numpy(), loss
 
 
-def evaluate_split(model, loader, spec: TaskSpec, side: str = "student", autocast=None) -> dict[str, float]:
-    logits, labels, loss = predict(model, loader, side, autocast)
+def evaluate_split(model, loader, spec: TaskSpec, side: str = "student", autocast=None,
+                   gather=None) -> dict[str, float]:
+    logits, labels, loss = predict(model, loader, side, autocast, gather)
     return {**compute_metrics(spec, logits, labels), "loss": loss}
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from kdpipe.artifacts import atomic_dir, write_csv, write_json
 from kdpipe.config import Params
 from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
-from kdpipe.engine import TrainResult, train
+from kdpipe.engine import TrainResult, is_main_process, train
 from kdpipe.evaluation import evaluate_split, torch_latency
 from kdpipe.methods import build_method
 from kdpipe.methods.base import FineTune, MethodParams
@@ -101,11 +101,12 @@ def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir:
                    seed=params.seed, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, logger=logger,
                    desc="teacher")
     summary = _summary(result, spec)
-    with atomic_dir(out_dir) as tmp:
-        save_model(model, tokenizer, tmp, extra={"role": "teacher", "base_model": params.teacher.model,
-                                                 "task": spec.to_dict(), "max_length": params.max_length,
-                                                 "training": summary})
-    _write_curves(plots_dir, "teacher", result, spec)
+    if is_main_process():  # under `accelerate launch`, rank 0 alone writes
+        with atomic_dir(out_dir) as tmp:
+            save_model(model, tokenizer, tmp, extra={"role": "teacher", "base_model": params.teacher.model,
+                                                     "task": spec.to_dict(), "max_length": params.max_length,
+                                                     "training": summary})
+        _write_curves(plots_dir, "teacher", result, spec)
     return summary
 
 
@@ -147,11 +148,12 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
                    checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
                    teacher=teacher if method.needs_teacher else None, logger=logger, desc=run_name)
     summary = {**_summary(result, spec), "method": run.method, "init_layers": layers}
-    with atomic_dir(out_dir) as tmp:
-        save_model(student, tokenizer, tmp, extra={
-            "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
-            "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
-    _write_curves(plots_dir, run_name, result, spec)
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            save_model(student, tokenizer, tmp, extra={
+                "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
+                "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
+        _write_curves(plots_dir, run_name, result, spec)
     return summary
 
 

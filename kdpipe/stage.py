@@ -21,6 +21,7 @@ class StageContext:
     params: Params
     root: Path
     tracker: Any  # kdpipe.tracking.Tracker or NullTracker
+    is_main: bool = True  # False on ranks > 0 under `accelerate launch`: they neither log nor write
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -45,14 +46,16 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
     except _user_errors() as e:
         print(f"kdpipe {name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    from kdpipe.engine import is_main_process
     from kdpipe.tracking import stage_run
 
+    is_main = is_main_process()
     dumped = params.model_dump()
-    with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled,
+    with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled and is_main,
                    run_name=run_name, tags={"kdpipe.task": params.task.name, **(tags or {})}) as tracker:
         tracker.log_params({key: dumped[key] for key in sections})
         try:
-            yield StageContext(params, root, tracker)
+            yield StageContext(params, root, tracker, is_main)
         except _user_errors() as e:
             print(f"kdpipe {name}: error: {e}", file=sys.stderr)
             raise SystemExit(1) from None

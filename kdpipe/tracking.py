@@ -28,7 +28,12 @@ def tracking_uri(root: Path | None = None) -> str:
 
     Absolute on purpose: relative sqlite URIs resolve against the CWD of each process.
     """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    # $DVC_ROOT is the user's workspace even for queued experiments run in a temporary copy:
+    # every run of the project lands in one store.
+    root = root or Path(os.environ.get("DVC_ROOT") or repo_root())
+    return f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
 def invocation_key() -> str:
@@ -148,11 +153,11 @@ def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
         return
     import mlflow
 
-    root = repo_root()
+    root = Path(os.environ.get("DVC_ROOT") or repo_root())
     mlflow.set_tracking_uri(tracking_uri(root))
     exp_id = _experiment_id(mlflow, experiment, root)
     client = mlflow.MlflowClient()
-    common = {"mlflow.source.git.commit": git_commit(root), "kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME")}
+    common = {"mlflow.source.git.commit": git_commit(repo_root()), "kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME")}
     common = {k: v for k, v in common.items() if v}
     parent_id = _pipeline_parent(client, exp_id, root, common)
     all_tags = {**common, "kdpipe.stage": stage, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}

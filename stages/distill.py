@@ -18,6 +18,7 @@ with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run
     summary = distill(s.params, run_name, s.path("data/prepared"), s.path("models/teacher"),
                       s.path(f"models/students/{run_name}"), s.path(f"checkpoints/distill/{run_name}"),
                       s.path("plots"), logger=s.tracker)
-    write_json(s.path(f"metrics/distill/{run_name}.json"), summary)
+    if s.is_main:
+        write_json(s.path(f"metrics/distill/{run_name}.json"), summary)
     s.tracker.log_metrics({"best_dev": summary["best_dev"], "last_dev": summary["last_dev"]})
     s.tracker.log_artifact(s.path(f"metrics/distill/{run_name}.json"))

@@ -8,6 +8,7 @@ with stage("teacher", ["seed", "max_length", "teacher"]) as s:
 
     summary = train_teacher(s.params, s.path("data/prepared"), s.path("models/teacher"),
                             s.path("checkpoints/teacher"), s.path("plots"), logger=s.tracker)
-    write_json(s.path("metrics/teacher.json"), summary)
+    if s.is_main:
+        write_json(s.path("metrics/teacher.json"), summary)
     s.tracker.log_metrics({"best_dev": summary["best_dev"], "last_dev": summary["last_dev"]})
     s.tracker.log_artifact(s.path("metrics/teacher.json"))

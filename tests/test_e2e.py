@@ -170,3 +170,27 @@ def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path)
     export = export_student(params, tmp_path / "students/kd", tmp_path / "data", tmp_path / "export")
     assert export["parity"]["max_abs_diff"] <= 1e-4
     assert export["fp32"]["dev"]["pearson"] == pytest.approx(report["students"]["kd"]["dev"]["pearson"], abs=1e-3)
+
+
+def test_two_processes_train_one_teacher(project, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU): batches are sharded, dev metrics gathered over
+    the whole split, and rank 0 alone writes the model, the metrics and the MLflow run."""
+    root, _ = project
+    for item in ("stages", "dvc.yaml", "params.yaml", "data"):
+        src = root / item
+        shutil.copytree(src, tmp_path / item) if src.is_dir() else shutil.copy(src, tmp_path / item)
+    sh([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "stages/teacher.py"], tmp_path)
+    summary = json.loads((tmp_path / "metrics/teacher.json").read_text())
+    assert summary["steps"] == 2  # 64 examples / (16 per process x 2 processes)
+    # the gathered dev score equals a single-process evaluation of the saved model on all 48 rows
+    from kdpipe.config import load_params
+    from kdpipe.pipeline import _datasets, evaluate_model
+    spec, sets = _datasets(tmp_path / "data/prepared")
+    alone = evaluate_model(load_params(tmp_path / "params.yaml"), tmp_path / "models/teacher", spec, sets)
+    assert summary["best_dev"]["accuracy"] == pytest.approx(alone["dev"]["accuracy"], abs=1e-9)
+    assert summary["best_dev"]["loss"] == pytest.approx(alone["dev"]["loss"], abs=1e-4)
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
+                              filter_string="tags.`kdpipe.stage` = 'teacher'")
+    assert len(runs) == 1

@@ -1,5 +1,7 @@
 """The training loop on a tiny random BERT: it learns, selects checkpoints and resumes exactly."""
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -82,3 +84,10 @@ def test_checkpoint_of_other_inputs_is_not_resumed(setup, tmp_path):
 def test_finetune_runs_without_a_teacher(setup, tmp_path):
     _, result = run(setup, tmp_path, method="finetune", teacher=False, epochs=1)
     assert set(result.train_curve[-1]) >= {"loss"} and "kd" not in result.train_curve[-1]
+
+
+def test_bf16_autocast_path_trains_with_fp32_losses(setup, tmp_path):
+    """The GPU default (bf16 autocast) exercised on CPU: losses stay finite and are fp32."""
+    _, result = run(setup, tmp_path, mixed_precision="bf16", epochs=1)
+    assert all(math.isfinite(r["loss"]) for r in result.train_curve)
+    assert 0 <= result.last_dev["accuracy"] <= 1

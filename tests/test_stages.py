@@ -14,7 +14,7 @@ def run_stage(root, stage, *args, params=None):
     if params is not None:
         (root / "params.yaml").write_text(yaml.safe_dump(params) if isinstance(params, dict) else params)
     (root / "dvc.yaml").touch()
-    env = {**os.environ, "DVC_ROOT": str(root)}
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from kdpipe.methods.base import FineTune, Method, MethodParams
 from kdpipe.methods.vanilla_kd import VanillaKD
 
-METHODS: dict[str, type[Method]] = {
-    "finetune": FineTune,  # gold labels only: the no-distillation baseline
-    "vanilla_kd": VanillaKD,
-}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    FineTune,   # gold labels only: the no-distillation baseline
+    VanillaKD,
+)}
 
 
 def build_method(name: str, params: dict, regression: bool) -> Method:

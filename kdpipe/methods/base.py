@@ -24,6 +24,7 @@ class MethodParams(BaseModel):
 class Method(nn.Module):
     """Subclasses set ``Params``, ``needs_teacher`` and the ``*_needs``, and implement ``losses``."""
 
+    name: ClassVar[str] = "method"  # the registry name used in params.yaml
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
     student_needs: ClassVar[Needs] = Needs()
@@ -43,7 +44,7 @@ class Method(nn.Module):
 
     def describe(self) -> dict:
         """What gets logged as this method's resolved settings."""
-        return {"method": type(self).__name__, **self.params.model_dump()}
+        return {"method": self.name, **self.params.model_dump()}
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,7 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> 
 class FineTune(Method):
     """Plain supervised training on gold labels: the teacher stage, and the no-KD baseline."""
 
+    name = "finetune"
     needs_teacher = False
 
     def losses(self, student, teacher, labels):

@@ -37,6 +37,7 @@ class VanillaKDParams(MethodParams):
 
 
 class VanillaKD(Method):
+    name = "vanilla_kd"
     Params = VanillaKDParams
 
     def losses(self, student, teacher, labels):
