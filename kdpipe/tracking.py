@@ -62,9 +62,9 @@ def git_commit(root: Path) -> str | None:
 class Tracker:
     """The logging surface stages and the engine use; ``NullTracker`` when tracking is off."""
 
-    def __init__(self, mlflow_module, run):
+    def __init__(self, mlflow_module, run, parent_id: str | None = None):
         self._mlflow, self.run = mlflow_module, run
-        self.run_id = run.info.run_id
+        self.run_id, self.parent_id = run.info.run_id, parent_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         flat = _flatten(params)
@@ -77,6 +77,15 @@ class Tracker:
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if clean:
             self._mlflow.log_metrics(clean, step=step)
+
+    def log_pipeline_metrics(self, metrics: dict[str, float]) -> None:
+        """Summary metrics on the pipeline's parent run, so whole pipelines compare in the UI."""
+        if self.parent_id:
+            clean = {k: float(v) for k, v in _flatten(metrics).items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._mlflow.MlflowClient().log_batch(
+                self.parent_id, metrics=[self._mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                                         for k, v in clean.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -99,6 +108,7 @@ class NullTracker:
 
     def log_params(self, params): pass
     def log_metrics(self, metrics, step=None): pass
+    def log_pipeline_metrics(self, metrics): pass
     def log_artifact(self, path, artifact_path=None): pass
     def set_tags(self, tags): pass
 
@@ -165,7 +175,7 @@ def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, parent_run_id=parent_id,
                           nested=True, tags=all_tags) as run:
         try:
-            yield Tracker(mlflow, run)
+            yield Tracker(mlflow, run, parent_id)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"

@@ -5,15 +5,21 @@ from kdpipe.stage import stage
 with stage("evaluate", ["evaluate"]) as s:
     from kdpipe.artifacts import write_json
     from kdpipe.pipeline import evaluate_models, tradeoff_rows
+    from kdpipe.report import plot_curves, plot_tradeoff
 
     report = evaluate_models(s.params, s.path("data/prepared"), s.path("models/teacher"),
                              s.path("models/students"))
+    main = report["main_metric"]
     write_json(s.path("metrics/evaluate.json"), report)
     write_json(s.path("plots/tradeoff.json"), tradeoff_rows(report))
+    plot_tradeoff(report, s.path("plots/charts/tradeoff.png"))
+    plot_curves(s.path("plots"), ["teacher", *report["students"]], main, s.path("plots/charts/curves.png"))
+
     s.tracker.log_metrics({"teacher": report["teacher"], **report["students"]})
+    s.tracker.log_pipeline_metrics({f"{name}.dev.{main}": r["dev"][main] for name, r in
+                                    [("teacher", report["teacher"]), *report["students"].items()]})
     s.tracker.log_artifact(s.path("metrics/evaluate.json"))
-    s.tracker.log_artifact(s.path("plots"), "plots")
-    main = report["main_metric"]
+    s.tracker.log_artifact(s.path("plots/charts"), "charts")
     print(f"teacher dev {main}: {report['teacher']['dev'][main]:.4f}")
     for name, r in report["students"].items():
         print(f"{name} dev {main}: {r['dev'][main]:.4f} (retention {r['retention_pct'].get('dev')}%, "
