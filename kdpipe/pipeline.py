@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from kdpipe.artifacts import atomic_dir, write_csv, write_json
@@ -89,6 +90,7 @@ def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir:
     spec, sets = _datasets(data_dir)
     base = resolve_model_path(params.teacher.model)
     tokenizer = load_tokenizer(base)
+    set_seed(params.seed)  # the new classification head is drawn from the RNG
     model = load_classifier(base, spec.num_labels, spec.problem)
     if spec.labels:
         model.config.id2label = dict(enumerate(spec.labels))
@@ -120,6 +122,7 @@ def make_student(params: Params, teacher: torch.nn.Module, teacher_dir: Path) ->
     from the teacher's pre-trained checkpoint with a fresh head when ``init_from: pretrained``)."""
     layers = select_layers(num_layers(teacher), params.student.num_layers, params.student.layers)
     source = teacher
+    set_seed(params.seed)
     if params.student.init_from == "pretrained":
         base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
         source = load_classifier(base, teacher.config.num_labels,
@@ -207,7 +210,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
 
 
 def tradeoff_rows(report: dict) -> list[dict]:
-    """One row per model: main dev metric vs latency at the largest batch (DVC scatter plot)."""
+    """One row per (model, batch size): main dev metric vs latency, for the DVC scatter plot."""
     main = report["main_metric"]
     rows = []
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:

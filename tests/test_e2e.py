@@ -194,3 +194,48 @@ def test_two_processes_train_one_teacher(project, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
                               filter_string="tags.`kdpipe.stage` = 'teacher'")
     assert len(runs) == 1
+
+
+def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path):
+    import signal
+    import time
+
+    root, _ = project
+    for item in ("stages", "dvc.yaml", "data"):
+        src = root / item
+        shutil.copytree(src, tmp_path / item) if src.is_dir() else shutil.copy(src, tmp_path / item)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["teacher"]["train"].update(epochs=3, checkpoint_every=1)  # 12 steps
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    state = tmp_path / "checkpoints/teacher/trainer_state.json"
+    proc = subprocess.Popen([sys.executable, "stages/teacher.py"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (state.exists() and json.loads(state.read_text())["step"] >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C on `dvc repro` does
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (tmp_path / "models/teacher").exists() and not list((tmp_path / "models").glob(".teacher.tmp-*"))
+    done = json.loads(state.read_text())["step"]
+    assert 2 <= done < 12
+    out = sh([sys.executable, "stages/teacher.py"], tmp_path)
+    assert f"resuming from checkpoint at step {done}/12" in out
+    assert json.loads((tmp_path / "metrics/teacher.json").read_text())["steps"] == 12
+    assert (tmp_path / "models/teacher/model.safetensors").exists()
+
+
+def test_teacher_training_is_reproducible_whatever_the_rng_state(project, tmp_path):
+    """Same params and data give bit-identical weights, even if the process RNG was used before
+    (the new classification head must be drawn after seeding)."""
+    import torch
+    from kdpipe.config import load_params
+    from kdpipe.pipeline import train_teacher
+
+    root, _ = project
+    params = load_params(root / "params.yaml")
+    for name, noise in (("a", 0), ("b", 7)):
+        torch.rand(noise)
+        train_teacher(params, root / "data/prepared", tmp_path / name, tmp_path / f"ck-{name}", tmp_path / "plots")
+    a, b = ((tmp_path / n / "model.safetensors").read_bytes() for n in "ab")
+    assert a == b
