@@ -78,8 +78,44 @@ def _run_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare", help="one table of teacher and students from the metrics files",
+        description="Reads metrics/evaluate.json and metrics/export/*.json (written by dvc repro) and "
+                    "prints teacher and students side by side as a Markdown table.")
+    p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    report = json.loads((args.metrics_dir / "evaluate.json").read_text())
+    main = report["main_metric"]
+    batches = list(report["teacher"]["latency_ms"])
+    head = ["model", "method", "layers", "params (M)", f"dev {main}", f"test {main}", "retention dev %",
+            *[f"torch ms {b.replace('batch_', 'b')}" for b in batches], "onnx int8 ms b1", f"int8 dev {main}"]
+    rows = []
+    for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
+        export_file = args.metrics_dir / "export" / f"{name}.json"
+        export = json.loads(export_file.read_text()) if export_file.exists() else {}
+        int8 = export.get("int8", {})
+        rows.append([name, r.get("method", "-"), r["layers"], f"{r['parameters'] / 1e6:.1f}",
+                     _fmt(r["dev"][main]), _fmt(r.get("test", {}).get(main)),
+                     _fmt(r.get("retention_pct", {}).get("dev"), 1),
+                     *[_fmt(r["latency_ms"][b], 1) for b in batches],
+                     _fmt(int8.get("latency_ms", {}).get("batch_1"), 2), _fmt(int8.get("dev", {}).get(main))])
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    return 0
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 # Subcommand registrars, in help order; add new ones here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_predict, _add_tasks, _add_ui]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_predict, _add_compare, _add_tasks, _add_ui]
 
 
 def build_parser() -> argparse.ArgumentParser:

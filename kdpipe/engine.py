@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
@@ -68,6 +69,9 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     if mixed_precision == "auto":
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         mixed_precision = "bf16" if cuda_bf16 else "no"
+    # Each training run may ask for its own precision (teacher and student in one Python process):
+    # drop the previous run's AcceleratorState singleton; the process group (PartialState) stays.
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
@@ -221,6 +225,10 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     if selected == "best" and best["step"] != step:
         load_model(accelerator.unwrap_model(student), str(ckpt / "best" / "model.safetensors"))
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # Finished: only an interrupted run may resume.  best/ and last/ weights stay.
+        (ckpt / "trainer_state.json").unlink(missing_ok=True)
+        shutil.rmtree(ckpt / "state", ignore_errors=True)
     return TrainResult(selected=selected, best_step=best["step"], best_dev=best["dev"], last_dev=last_dev,
                        train_curve=train_curve, dev_curve=dev_curve, resumed_from_step=resumed_from)
 

@@ -56,8 +56,11 @@ def _datasets(data_dir: Path) -> tuple[TaskSpec, dict[str, TextDataset]]:
 
 
 def _fingerprint(*parts) -> str:
-    """Hash of configs and input files: a resumable checkpoint is only reused for the same inputs."""
+    """Hash of configs, input files and kdpipe's own code: a resumable checkpoint is only reused
+    by a run with the same inputs and the same code."""
     h = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(source.read_bytes())
     for part in parts:
         if isinstance(part, Path) and part.is_dir():
             for f in sorted(part.rglob("*")):

@@ -4,6 +4,7 @@ params.yaml, open its MLflow child run, and turn expected failures into one clea
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, ModelError, TaskDataError, ExportCheckError, FileNotFoundError
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextlib.contextmanager
 def stage(name: str, sections: list[str], run_name: str | None = None,
           tags: dict[str, Any] | None = None) -> Iterator[StageContext]:
     """``sections`` are the params.yaml sections this stage reads (logged as the run's params)."""
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary outputs are cleaned up
+    # and the MLflow run is marked KILLED instead of the process vanishing mid-write.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     root = repo_root()
     try:
         params = load_params(root / "params.yaml")

@@ -151,6 +151,9 @@ def test_predict_cli_uses_the_exported_student(project):
               "A man is playing a guitar.", "--pair", "A person plays music.", "--json"], root)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["label"] in {"entailment", "not_entailment"}
+    table = sh([sys.executable, "-m", "kdpipe.cli", "compare", "--metrics-dir", str(root / "metrics")], root)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines] == ["| model", "| teacher", "| finetune", "| kd"]
 
 
 def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path):
@@ -196,7 +199,8 @@ def test_two_processes_train_one_teacher(project, tmp_path):
     assert len(runs) == 1
 
 
-def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C on dvc repro; kill / a scheduler
+def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path, signal_name):
     import signal
     import time
 
@@ -213,7 +217,7 @@ def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path):
     deadline = time.time() + 240
     while not (state.exists() and json.loads(state.read_text())["step"] >= 2) and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C on `dvc repro` does
+    proc.send_signal(getattr(signal, signal_name))
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert not (tmp_path / "models/teacher").exists() and not list((tmp_path / "models").glob(".teacher.tmp-*"))

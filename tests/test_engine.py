@@ -91,3 +91,11 @@ def test_bf16_autocast_path_trains_with_fp32_losses(setup, tmp_path):
     _, result = run(setup, tmp_path, mixed_precision="bf16", epochs=1)
     assert all(math.isfinite(r["loss"]) for r in result.train_curve)
     assert 0 <= result.last_dev["accuracy"] <= 1
+
+
+def test_a_finished_run_is_never_resumed(setup, tmp_path):
+    run(setup, tmp_path, epochs=1)
+    assert not (tmp_path / "ckpt" / "trainer_state.json").exists()
+    assert (tmp_path / "ckpt" / "best" / "model.safetensors").exists()
+    _, again = run(setup, tmp_path, epochs=1)
+    assert again.resumed_from_step == 0
