@@ -15,7 +15,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -92,7 +92,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
           dev_set: TextDataset, collator: DistillCollator, cfg: TrainConfig, *, seed: int,
           checkpoint_dir: str | Path, fingerprint: str, teacher: torch.nn.Module | None = None,
           logger: MetricLogger | None = None, desc: str = "train",
-          stop_after_steps: int | None = None, on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+          stop_after_steps: int | None = None) -> TrainResult:
     """Train ``student`` with ``method``; returns curves and leaves the selected weights in it.
 
     ``fingerprint`` identifies the run's inputs: a checkpoint written under another fingerprint
@@ -127,6 +127,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
         method = method.to(accelerator.device)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # student + projections
 
     step = 0
     if state is not None:
@@ -147,8 +148,6 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             best.update(step=at_step, dev=dev)
             _save_weights(accelerator, student, ckpt / "best")
             accelerator.wait_for_everyone()
-        if on_eval:
-            on_eval(at_step, dev)
         return dev
 
     def checkpoint(at_step: int) -> None:
@@ -188,7 +187,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
                                          f"learning rate or check the data")
             accelerator.backward(loss)
             if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

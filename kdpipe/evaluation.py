@@ -26,7 +26,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
     """
     was_training = model.training
     model.eval()
-    logits, labels, loss_sum = [], [], 0.0
+    logits, labels = [], []
     device = next(model.parameters()).device
     for batch in loader:
         inputs = {k: v.to(device) for k, v in batch[side].items()}

@@ -16,7 +16,6 @@ from kdpipe.env import apply_defaults
 
 apply_defaults()
 
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel  # noqa: E402
 from transformers import logging as hf_logging  # noqa: E402
@@ -160,19 +159,3 @@ def save_model(model: PreTrainedModel, tokenizer, folder: str | Path, extra: dic
 
 def model_file_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
-
-
-def uses_token_type_ids(model: PreTrainedModel) -> bool:
-    """Whether the model has a token-type embedding (a DistilBERT student does not)."""
-    return getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in _forward_args(model)
-
-
-def _forward_args(model: nn.Module) -> set[str]:
-    import inspect
-    return set(inspect.signature(model.forward).parameters)
-
-
-def pick_device_dtype() -> tuple[torch.device, torch.dtype | None]:
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device("cpu"), None

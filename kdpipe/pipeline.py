@@ -38,7 +38,7 @@ def preflight(params: Params) -> None:
     if params.task.name != "custom":
         get_task(params.task.name)  # an unknown name fails here, listing the known ones
     config = AutoConfig.from_pretrained(resolve_model_path(params.teacher.model))
-    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
+    depth = getattr(config, "num_hidden_layers", None) or config.n_layers  # DistilBERT: n_layers
     select_layers(depth, params.student.num_layers, params.student.layers)
 
 
