@@ -81,6 +81,15 @@ def _with_main(rows: list[dict], main: str) -> list[dict]:
     return [{"step": r["step"], "main_metric": r[main], **r} for r in rows]
 
 
+def _save_trained(model, tokenizer, out_dir: Path, plots_dir: Path, name: str, result: TrainResult,
+                  spec: TaskSpec, meta: dict) -> None:
+    """Model folder (atomically) and curves; under a multi-process launch, rank 0 alone writes."""
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            save_model(model, tokenizer, tmp, extra=meta)
+        _write_curves(plots_dir, name, result, spec)
+
+
 def _summary(result: TrainResult, spec: TaskSpec) -> dict:
     return {"selected": result.selected, "best_step": result.best_step,
             "best_dev": result.best_dev, "last_dev": result.last_dev, "main_metric": spec.main_metric,
@@ -106,12 +115,9 @@ def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir:
                    seed=params.seed, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, logger=logger,
                    desc="teacher")
     summary = _summary(result, spec)
-    if is_main_process():  # under `accelerate launch`, rank 0 alone writes
-        with atomic_dir(out_dir) as tmp:
-            save_model(model, tokenizer, tmp, extra={"role": "teacher", "base_model": params.teacher.model,
-                                                     "task": spec.to_dict(), "max_length": params.max_length,
-                                                     "training": summary})
-        _write_curves(plots_dir, "teacher", result, spec)
+    _save_trained(model, tokenizer, out_dir, plots_dir, "teacher", result, spec, {
+        "role": "teacher", "base_model": params.teacher.model, "task": spec.to_dict(),
+        "max_length": params.max_length, "training": summary})
     return summary
 
 
@@ -154,12 +160,9 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
                    checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
                    teacher=teacher if method.needs_teacher else None, logger=logger, desc=run_name)
     summary = {**_summary(result, spec), "method": run.method, "init_layers": layers}
-    if is_main_process():
-        with atomic_dir(out_dir) as tmp:
-            save_model(student, tokenizer, tmp, extra={
-                "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
-                "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
-        _write_curves(plots_dir, run_name, result, spec)
+    _save_trained(student, tokenizer, out_dir, plots_dir, run_name, result, spec, {
+        "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
+        "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
     return summary
 
 

@@ -35,6 +35,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, ModelError, TaskDataError, ExportCheckError, FileNotFoundError
 
 
+def _fail(stage_name: str, error: BaseException, code: int):
+    """One line naming what is wrong, no traceback: these are the user's input errors."""
+    print(f"kdpipe {stage_name}: error: {error}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -52,8 +58,7 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
         from kdpipe.pipeline import preflight
         preflight(params)
     except _user_errors() as e:
-        print(f"kdpipe {name}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(name, e, code=2)
     from kdpipe.engine import is_main_process
     from kdpipe.tracking import stage_run
 
@@ -65,5 +70,4 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
         try:
             yield StageContext(params, root, tracker, is_main)
         except _user_errors() as e:
-            print(f"kdpipe {name}: error: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
+            _fail(name, e, code=1)

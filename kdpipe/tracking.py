@@ -23,17 +23,18 @@ apply_defaults()
 INVOCATION_TAG = "kdpipe.invocation"
 
 
+def store_root() -> Path:
+    """Where the local MLflow store lives: $DVC_ROOT is the user's workspace even for queued
+    experiments run in a temporary copy, so every run of the project lands in one store."""
+    return Path(os.environ.get("DVC_ROOT") or repo_root()).resolve()
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI (a team server), else ``sqlite:///<repo>/mlflow.db`` (absolute).
 
     Absolute on purpose: relative sqlite URIs resolve against the CWD of each process.
     """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    # $DVC_ROOT is the user's workspace even for queued experiments run in a temporary copy:
-    # every run of the project lands in one store.
-    root = root or Path(os.environ.get("DVC_ROOT") or repo_root())
-    return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or store_root()) / 'mlflow.db'}"
 
 
 def invocation_key() -> str:
@@ -73,16 +74,14 @@ class Tracker:
             self._mlflow.log_params({k: str(v)[:6000] for k, v in items[i:i + 100]})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k.replace("@", "_"): float(v) for k, v in _flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        clean = _numeric(metrics)
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
     def log_pipeline_metrics(self, metrics: dict[str, float]) -> None:
         """Summary metrics on the pipeline's parent run, so whole pipelines compare in the UI."""
         if self.parent_id:
-            clean = {k: float(v) for k, v in _flatten(metrics).items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            clean = _numeric(metrics)
             self._mlflow.MlflowClient().log_batch(
                 self.parent_id, metrics=[self._mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
                                          for k, v in clean.items()])
@@ -113,6 +112,12 @@ class NullTracker:
     def set_tags(self, tags): pass
 
 
+def _numeric(metrics: dict) -> dict[str, float]:
+    """Flattened numeric leaves (bools and strings dropped), with names MLflow accepts."""
+    return {k.replace("@", "_"): float(v) for k, v in _flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -139,7 +144,7 @@ def _remote() -> bool:
     return os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://", "databricks"))
 
 
-def _pipeline_parent(client, experiment_id: str, root: Path, tags: dict[str, str]) -> str:
+def _pipeline_parent(client, experiment_id: str, tags: dict[str, str]) -> str:
     pinned = os.environ.get("KDPIPE_PIPELINE_RUN_ID")
     if pinned:
         return pinned
@@ -163,13 +168,13 @@ def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
         return
     import mlflow
 
-    root = Path(os.environ.get("DVC_ROOT") or repo_root())
+    root = store_root()
     mlflow.set_tracking_uri(tracking_uri(root))
     exp_id = _experiment_id(mlflow, experiment, root)
     client = mlflow.MlflowClient()
     common = {"mlflow.source.git.commit": git_commit(repo_root()), "kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME")}
     common = {k: v for k, v in common.items() if v}
-    parent_id = _pipeline_parent(client, exp_id, root, common)
+    parent_id = _pipeline_parent(client, exp_id, common)
     all_tags = {**common, "kdpipe.stage": stage, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
     status = "FAILED"
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, parent_run_id=parent_id,
