@@ -1,17 +1,22 @@
-"""Cost of one training step: plain fine-tuning of the student vs vanilla KD with the teacher
-run on the fly, measured in one process on the same real batches.  Prints the ratio.
+"""Cost of one training step per method, relative to plain fine-tuning of the same student,
+measured in one process on the same real batches.  Prints each ratio.
 
-    python benchmarks/step_cost.py [--steps 20] [--batch-size 32] [--student-layers 3]
+    python benchmarks/step_cost.py [--steps 24] [--batch-size 32] [--student-layers 3]
 
-Uses the packaged MiniLM as teacher and real tweets as inputs; on a GPU it runs with the same
-bf16 autocast the engine uses (``train.mixed_precision: auto``).
+Methods whose teacher signal is per-example vectors read them from a teacher-output cache (built
+here once, as the teacher_outputs stage does); ``vanilla_kd (live)`` and TinyBERT's ILD phase
+run the teacher every step.  Steps go round-robin over the methods, so drift in the machine's
+speed hits them all alike.  Uses the packaged MiniLM as teacher and real tweets as inputs; on a
+GPU it runs with the bf16 autocast the engine uses (``train.mixed_precision: auto``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from kdpipe.env import apply_defaults
 
@@ -21,48 +26,72 @@ import torch  # noqa: E402
 
 from kdpipe.config import TaskConfig  # noqa: E402
 from kdpipe.data import DistillCollator, Encoder, TextDataset, model_input_names  # noqa: E402
-from kdpipe.engine import make_accelerator  # noqa: E402
-from kdpipe.methods import build_method  # noqa: E402
+from kdpipe.engine import make_accelerator, teacher_signal  # noqa: E402
+from kdpipe.methods import ModelShape, Shapes, build_method  # noqa: E402
 from kdpipe.models import (build_student, load_classifier, load_tokenizer, resolve_model_path,  # noqa: E402
                            select_layers)
 from kdpipe.taps import run_model  # noqa: E402
 from kdpipe.tasks import load_task  # noqa: E402
+from kdpipe.teacher_cache import TeacherCache, compute_teacher_cache  # noqa: E402
+
+# (label, method, params, phase, cached teacher)
+CASES = [
+    ("finetune", "finetune", {}, None, False),
+    ("vanilla_kd (live)", "vanilla_kd", {}, None, False),
+    ("vanilla_kd (cache)", "vanilla_kd", {}, None, True),
+    ("pkd (cache)", "pkd", {}, None, True),
+    ("rail_kd_l (cache)", "rail_kd_l", {}, None, True),
+    ("rail_kd_c (cache)", "rail_kd_c", {}, None, True),
+    ("alp_kd (cache)", "alp_kd", {}, None, True),
+    ("tinybert ild (live)", "tinybert", {}, "ild", False),
+]
 
 
-def time_steps(method_name: str, teacher, student, batches, accelerator) -> list[float]:
-    method = build_method(method_name, {}, regression=False).to(accelerator.device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-    times = []
-    for batch in batches:
-        batch = {k: ({n: t.to(accelerator.device) for n, t in v.items()} if isinstance(v, dict)
-                     else v.to(accelerator.device)) for k, v in batch.items()}
-        if accelerator.device.type == "cuda":
+class Runner:
+    """One method's student, optimizer and step function."""
+
+    def __init__(self, case, teacher, layers, shapes, cache, accelerator):
+        label, name, params, phase, cached = case
+        self.label, self.teacher, self.accelerator = label, teacher, accelerator
+        self.method = build_method(name, params, regression=False, shapes=shapes).to(accelerator.device)
+        if phase:
+            self.method.set_phase(phase)
+        self.cache = cache if cached else None
+        self.student = build_student(teacher, layers).to(accelerator.device).train().requires_grad_(True)
+        params = list(self.student.parameters()) + [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.times: list[float] = []
+
+    def step(self, batch) -> None:
+        device = self.accelerator.device
+        if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with accelerator.autocast():
-            teacher_out = None
-            if method.needs_teacher:
-                with torch.no_grad():
-                    teacher_out = run_model(teacher, batch["teacher"], method.teacher_needs)
-            losses = method(run_model(student, batch["student"], method.student_needs), teacher_out,
-                            batch["labels"])
-        accelerator.backward(losses["loss"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if accelerator.device.type == "cuda":
+        # inputs move to the device inside the timed region: the engine's loader does it per step too
+        batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
+                 for k, v in batch.items()}
+        self.method.begin_step(0, len(self.times))
+        with self.accelerator.autocast():
+            teacher_out = teacher_signal(self.method, batch, self.teacher, self.cache, device)
+            losses = self.method(run_model(self.student, batch["student"], self.method.student_needs),
+                                 teacher_out, batch["labels"])
+        self.accelerator.backward(losses["loss"])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times[2:]  # the first steps pay for allocation and lazy init
+        self.times.append(time.perf_counter() - start)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--student-layers", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=64)
     args = ap.parse_args()
 
+    torch.manual_seed(0)
     accelerator = make_accelerator("auto")
     base = resolve_model_path("minilm")
     tokenizer = load_tokenizer(base)
@@ -74,16 +103,25 @@ def main() -> None:
     batches = [collate([data[i] for i in range(s * args.batch_size, (s + 1) * args.batch_size)])
                for s in range(args.steps)]
     layers = select_layers(6, args.student_layers, "uniform")
-    results = {}
-    for name in ("finetune", "vanilla_kd"):
-        student = build_student(teacher, layers).to(accelerator.device).train().requires_grad_(True)
-        results[name] = statistics.median(time_steps(name, teacher, student, batches, accelerator))
-    print(f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
-          f"batch {args.batch_size}, student {args.student_layers} layers, teacher 6 layers")
-    for name, t in results.items():
-        print(f"  {name:<12} {t * 1000:8.1f} ms/step")
-    print(f"  ratio vanilla_kd / finetune: {results['vanilla_kd'] / results['finetune']:.2f}x "
-          f"(the teacher forward is what a teacher-output cache removes)")
+    shapes = Shapes(student=ModelShape(args.student_layers, 384, 12), teacher=ModelShape.of(teacher.config))
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        meta = compute_teacher_cache(teacher, tokenizer, data, Path(tmp) / "cache", key="bench",
+                                     max_length=args.max_length, device=accelerator.device)
+        build_s = time.perf_counter() - start
+        cache = TeacherCache.open(Path(tmp) / "cache", "bench", len(data))
+        runners = [Runner(case, teacher, layers, shapes, cache, accelerator) for case in CASES]
+        for batch in batches:
+            for runner in runners:
+                runner.step(batch)
+    base_ms = statistics.median(runners[0].times[2:]) * 1000  # first steps pay for lazy init
+    print(f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}, batch {args.batch_size}, "
+          f"max_length {args.max_length}, student {args.student_layers} layers, teacher 6 layers, "
+          f"{args.steps} steps each (median)")
+    print(f"teacher cache: {meta['examples']} examples built in {build_s:.1f} s (one teacher pass)")
+    for runner in runners:
+        ms = statistics.median(runner.times[2:]) * 1000
+        print(f"  {runner.label:<22} {ms:8.1f} ms/step   {ms / base_ms:5.2f}x finetune")
 
 
 if __name__ == "__main__":

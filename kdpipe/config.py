@@ -57,6 +57,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(default=32, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     lr: float = Field(default=5e-5, gt=0)
+    schedule: Literal["linear", "constant"] = "linear"  # after warmup: linear decay to 0, or constant
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
@@ -100,14 +101,27 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     method: str
     train: dict[str, Any] = Field(default_factory=dict)
+    # Multi-phase methods (tinybert: ild, pred): train overrides per phase, on top of `train`.
+    phases: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def method_params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
+class TeacherCacheConfig(Strict):
+    """The teacher's per-example outputs (logits, [CLS] and mean-pooled states of every layer) on
+    the train split, computed once by the teacher_outputs stage and read by every method whose
+    teacher signal is only those vectors (the teacher is frozen: running it every epoch is waste)."""
+
+    enabled: bool = True
+    dtype: Literal["float32", "float16"] = "float32"  # float16 halves the file for large tasks
+    batch_size: int = Field(default=64, gt=0)
+
+
 class DistillConfig(Strict):
     train: TrainConfig = TrainConfig()
+    teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     runs: dict[str, RunConfig] = Field(default_factory=lambda: {"vanilla_kd": RunConfig(method="vanilla_kd")})
 
     @field_validator("runs")
@@ -152,13 +166,20 @@ class Params(Strict):
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
-    def run_train_config(self, run_name: str) -> TrainConfig:
-        """The distill train settings with the run's own ``train:`` overrides applied."""
+    def run_train_config(self, run_name: str, phase: str | None = None,
+                         phase_defaults: dict[str, Any] | None = None) -> TrainConfig:
+        """The distill train settings with, in order, the method's defaults for ``phase``, the
+        run's own ``train:`` overrides and the run's ``phases.<phase>:`` overrides applied."""
         run = self.distill.runs[run_name]
+        where = f"distill.runs.{run_name}.train"
+        merged = {**self.distill.train.model_dump(), **(phase_defaults or {}), **run.train}
+        if phase is not None:
+            merged.update(run.phases.get(phase, {}))
+            where = f"distill.runs.{run_name}.phases.{phase}" if run.phases.get(phase) else where
         try:
-            return TrainConfig(**{**self.distill.train.model_dump(), **run.train})
+            return TrainConfig(**merged)
         except ValidationError as e:
-            raise ConfigError(_format(e, f"distill.runs.{run_name}.train", "params.yaml")) from None
+            raise ConfigError(_format(e, where, "params.yaml")) from None
 
 
 def _format(err: ValidationError, prefix: str, source: str) -> str:
@@ -201,11 +222,18 @@ def _check_runs(params: Params, source: str) -> None:
             raise ConfigError(
                 f"{source}: distill.runs.{name}.method: unknown method {run.method!r}"
                 f"{_suggest(run.method, METHODS)}; known: {', '.join(sorted(METHODS))}")
+        cls = METHODS[run.method]
         try:
-            METHODS[run.method].Params(**run.method_params)
+            cls.Params(**run.method_params)
         except ValidationError as e:
             raise ConfigError(_format(e, f"distill.runs.{name}", source)) from None
+        unknown = sorted(set(run.phases) - set(cls.phases))
+        if unknown:
+            raise ConfigError(f"{source}: distill.runs.{name}.phases: {run.method} has no phase {unknown[0]!r} "
+                              f"(its phases: {', '.join(cls.phases)})")
         params.run_train_config(name)
+        for phase in run.phases:
+            params.run_train_config(name, phase)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

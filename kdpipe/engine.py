@@ -20,18 +20,18 @@ from typing import Protocol
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from kdpipe.config import TrainConfig
 from kdpipe.data import DistillCollator, EpochShuffleSampler, TextDataset
 from kdpipe.evaluation import evaluate_split
 from kdpipe.methods.base import Method
 from kdpipe.metrics import is_better
-from kdpipe.taps import run_model
+from kdpipe.taps import ModelOutputs, run_model
 from kdpipe.tasks import TaskSpec
 
 
@@ -53,6 +53,7 @@ class TrainResult:
     train_curve: list[dict] = field(default_factory=list)   # step, epoch, lr, loss, <parts>
     dev_curve: list[dict] = field(default_factory=list)     # step, <metrics>, loss
     resumed_from_step: int = 0
+    epoch_records: list[dict] = field(default_factory=list)  # what the method logged per epoch
 
 
 def process_state() -> PartialState:
@@ -72,7 +73,10 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     # Each training run may ask for its own precision (teacher and student in one Python process):
     # drop the previous run's AcceleratorState singleton; the process group (PartialState) stays.
     AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    # Under DDP some trained parameters can sit out a step (the classifier during TinyBERT's
+    # ILD phase, RAIL-KD's maps of undrawn teacher layers): let DDP tolerate that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
 
 
 def _param_groups(student: torch.nn.Module, method: Method, cfg: TrainConfig) -> list[dict]:
@@ -83,7 +87,7 @@ def _param_groups(student: torch.nn.Module, method: Method, cfg: TrainConfig) ->
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     extra = [p for p in method.parameters() if p.requires_grad]
-    if extra:  # projections: their own group, so a method can give them their own settings
+    if extra:  # projections: their own group (checkpointed with the run, never exported)
         groups.append({"params": extra, "weight_decay": cfg.weight_decay})
     return groups
 
@@ -91,12 +95,14 @@ def _param_groups(student: torch.nn.Module, method: Method, cfg: TrainConfig) ->
 def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: TextDataset,
           dev_set: TextDataset, collator: DistillCollator, cfg: TrainConfig, *, seed: int,
           checkpoint_dir: str | Path, fingerprint: str, teacher: torch.nn.Module | None = None,
-          logger: MetricLogger | None = None, desc: str = "train",
+          logger: MetricLogger | None = None, desc: str = "train", teacher_cache=None,
           stop_after_steps: int | None = None) -> TrainResult:
     """Train ``student`` with ``method``; returns curves and leaves the selected weights in it.
 
     ``fingerprint`` identifies the run's inputs: a checkpoint written under another fingerprint
-    is discarded rather than resumed.  ``stop_after_steps`` simulates an interruption (tests).
+    is discarded rather than resumed.  ``teacher_cache`` (a ``TeacherCache``) replaces the live
+    teacher for methods whose teacher signal it holds.  ``stop_after_steps`` simulates an
+    interruption (tests).
     """
     logger = logger or NullLogger()
     ckpt = Path(checkpoint_dir)
@@ -117,15 +123,20 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     optimizer = torch.optim.AdamW(_param_groups(student, method, cfg), lr=cfg.lr)
     # Accelerate steps a prepared scheduler once per process at every optimizer step.
     n = accelerator.num_processes
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n)
+    warmup = int(cfg.warmup_ratio * total_steps) * n
+    scheduler = (get_constant_schedule_with_warmup(optimizer, warmup) if cfg.schedule == "constant"
+                 else get_linear_schedule_with_warmup(optimizer, warmup, total_steps * n))
 
-    has_method_params = any(p.requires_grad for p in method.parameters())
-    if has_method_params:
-        student, method, optimizer, scheduler = accelerator.prepare(student, method, optimizer, scheduler)
+    # ``method`` stays the plain module (its attributes are read every step); ``method_fn`` is
+    # what computes the losses: the DDP-wrapped module when the method has trained parameters.
+    method_fn = method
+    if any(p.requires_grad for p in method.parameters()):
+        student, method_fn, optimizer, scheduler = accelerator.prepare(student, method, optimizer, scheduler)
     else:
         student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-        method = method.to(accelerator.device)
-    if teacher is not None:
+    method.to(accelerator.device)
+    use_cache = teacher_cache is not None and method.teacher_cacheable
+    if teacher is not None and not use_cache:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]  # student + projections
 
@@ -137,6 +148,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     best = state["best"] if state else {"step": -1, "dev": {}}
     train_curve = state["train_curve"] if state else []
     dev_curve = state["dev_curve"] if state else []
+    epoch_records = state.get("epoch_records", []) if state else []
     resumed_from = step
 
     def evaluate(at_step: int) -> dict:
@@ -162,7 +174,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
             _write_json(ckpt / "trainer_state.json", {
                 "fingerprint": fingerprint, "step": at_step, "best": best,
-                "train_curve": train_curve, "dev_curve": dev_curve})
+                "train_curve": train_curve, "dev_curve": dev_curve, "epoch_records": epoch_records})
         accelerator.wait_for_everyone()
 
     student.train()
@@ -172,15 +184,18 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train_loader.set_epoch(epoch)
+        record = method.epoch_record(epoch)
+        if record is not None and not any(r["epoch"] == epoch for r in epoch_records):
+            epoch_records.append({"epoch": epoch, **record})
+            accelerator.print(f"[{desc}] epoch {epoch}: {record}")
         loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
         for batch in loader:
+            method.begin_step(epoch, step)
             with accelerator.autocast():
-                teacher_out = None
-                if method.needs_teacher:
-                    with torch.no_grad():
-                        teacher_out = run_model(teacher, batch["teacher"], method.teacher_needs)
+                teacher_out = teacher_signal(method, batch, teacher, teacher_cache if use_cache else None,
+                                             accelerator.device)
                 student_out = run_model(student, batch["student"], method.student_needs)
-                losses = method(student_out, teacher_out, batch["labels"])
+                losses = method_fn(student_out, teacher_out, batch["labels"])
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}: lower the "
@@ -194,11 +209,11 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             step += 1
             bar.update(1)
             for name, value in losses.items():
-                parts_sum[name] += value.detach().float().item()
+                parts_sum[name] += torch.as_tensor(value).detach().float()  # no GPU sync until logged
             parts_n += 1
             if step % cfg.log_every == 0 or step == total_steps:
                 row = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                       **{k: v / parts_n for k, v in parts_sum.items()}}
+                       **{k: float(v) / parts_n for k, v in parts_sum.items()}}
                 train_curve.append(row)
                 logger.log_metrics({f"train/{k}": v for k, v in row.items() if k != "step"}, step)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -229,7 +244,20 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
         (ckpt / "trainer_state.json").unlink(missing_ok=True)
         shutil.rmtree(ckpt / "state", ignore_errors=True)
     return TrainResult(selected=selected, best_step=best["step"], best_dev=best["dev"], last_dev=last_dev,
-                       train_curve=train_curve, dev_curve=dev_curve, resumed_from_step=resumed_from)
+                       train_curve=train_curve, dev_curve=dev_curve, resumed_from_step=resumed_from,
+                       epoch_records=epoch_records)
+
+
+def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None, teacher_cache,
+                   device: torch.device) -> ModelOutputs | None:
+    """What the method reads from the teacher for ``batch``: the cached vectors when a cache is
+    given, else a live no-grad forward capturing ``method.teacher_needs``; None without a teacher."""
+    if teacher_cache is not None:
+        return teacher_cache.lookup(batch["index"], device)
+    if not method.needs_teacher:
+        return None
+    with torch.no_grad():
+        return run_model(teacher, batch["teacher"], method.teacher_needs)
 
 
 def _save_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:

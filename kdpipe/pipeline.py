@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from kdpipe.config import Params
 from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
 from kdpipe.engine import TrainResult, is_main_process, train
 from kdpipe.evaluation import evaluate_split, torch_latency
-from kdpipe.methods import build_method
+from kdpipe.config import ConfigError
+from kdpipe.mapping import MappingError
+from kdpipe.methods import METHODS, MethodConfigError, ModelShape, Shapes, build_method
 from kdpipe.methods.base import FineTune, MethodParams
 from kdpipe.models import (build_student, count_parameters, load_classifier, load_tokenizer, model_file_bytes,
                            num_layers, resolve_model_path, save_model, select_layers)
@@ -30,16 +33,21 @@ from kdpipe.tasks import TaskSpec, load_task
 # ----------------------------------------------------------------------------------- preflight
 def preflight(params: Params) -> None:
     """Cheap checks run by every stage before any work: an unknown task, a missing teacher
-    package/path, or a student deeper than the teacher (read from the teacher's config) fail here."""
+    package/path, a student deeper than the teacher (read from the teacher's config), or a run
+    whose layer mapping, widths or head counts cannot work fail here."""
     from transformers import AutoConfig
 
     from kdpipe.tasks import get_task
 
+    problem = params.task.problem or "classification"
     if params.task.name != "custom":
-        get_task(params.task.name)  # an unknown name fails here, listing the known ones
+        problem = get_task(params.task.name).problem  # an unknown name fails here, listing the known ones
     config = AutoConfig.from_pretrained(resolve_model_path(params.teacher.model))
     depth = getattr(config, "num_hidden_layers", None) or config.n_layers  # DistilBERT: n_layers
     select_layers(depth, params.student.num_layers, params.student.layers)
+    # Mappings, widths and head counts of every run, against the real shapes (cheap: no weights).
+    for run_name in params.distill.runs:
+        build_run_method(params, run_name, config, regression=problem == "regression")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -140,30 +148,161 @@ def make_student(params: Params, teacher: torch.nn.Module, teacher_dir: Path) ->
     return build_student(source, layers), layers
 
 
-def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
-            checkpoint_dir: Path, plots_dir: Path, logger=None) -> dict:
+def method_shapes(params: Params, teacher_config) -> Shapes:
+    """Student and teacher geometry: the student is the teacher's width and heads, fewer layers."""
+    teacher = ModelShape.of(teacher_config)
+    return Shapes(student=ModelShape(params.student.num_layers, teacher.hidden, teacher.heads), teacher=teacher)
+
+
+def build_run_method(params: Params, run_name: str, teacher_config, regression: bool):
+    """The run's method, built (and so validated) against the real model shapes."""
     run = params.distill.runs[run_name]
-    train_cfg = params.run_train_config(run_name)
+    method_params = dict(run.method_params)
+    if "seed" in METHODS[run.method].Params.model_fields:
+        method_params.setdefault("seed", params.seed)  # RAIL-KD's layer draws follow the pipeline seed
+    try:
+        return build_method(run.method, method_params, regression, method_shapes(params, teacher_config))
+    except (MethodConfigError, MappingError) as e:
+        raise ConfigError(f"params.yaml: distill.runs.{run_name} ({run.method}): {e}") from None
+
+
+def teacher_outputs(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Path) -> dict:
+    """Stage ``teacher_outputs``: the teacher's per-example vectors on the train split (cache)."""
+    from kdpipe.teacher_cache import cache_key, compute_teacher_cache
+
+    cfg = params.distill.teacher_cache
+    if not cfg.enabled:
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / "meta.json", {"key": None, "enabled": False})
+        return {"enabled": False}
+    _, sets = _datasets(data_dir)
+    teacher = load_classifier(teacher_dir, attn_implementation="sdpa")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    meta = compute_teacher_cache(teacher, load_tokenizer(teacher_dir), sets["train"], out_dir,
+                                 key=cache_key(teacher_dir, data_dir, params.max_length), max_length=params.max_length,
+                                 batch_size=cfg.batch_size, dtype=cfg.dtype, device=device)
+    return {"enabled": True, **meta}
+
+
+def _open_cache(params: Params, cache_dir: Path | None, teacher_dir: Path, data_dir: Path, examples: int):
+    if cache_dir is None or not params.distill.teacher_cache.enabled:
+        return None
+    from kdpipe.teacher_cache import TeacherCache, cache_key
+    return TeacherCache.open(cache_dir, cache_key(teacher_dir, data_dir, params.max_length), examples)
+
+
+def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
+            checkpoint_dir: Path, plots_dir: Path, logger=None, teacher_cache_dir: Path | None = None,
+            echo=print) -> dict:
+    """Distil one student with run ``run_name``; every phase of the method in turn, each starting
+    from the student the previous phase selected.  ``teacher_cache_dir`` (the teacher_outputs
+    stage's folder) replaces the live teacher where the method's teacher signal is cached."""
+    run = params.distill.runs[run_name]
     spec, sets = _datasets(data_dir)
     regression = spec.problem == "regression"
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
     student, layers = make_student(params, teacher, teacher_dir)
-    method = build_method(run.method, run.method_params, regression)
-    teacher_encoder = (Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
-                       if method.needs_teacher else None)
-    collator = DistillCollator(Encoder(tokenizer, model_input_names(student, tokenizer), params.max_length),
-                               teacher_encoder, regression)
-    fingerprint = _fingerprint("distill", run_name, run.model_dump(), train_cfg.model_dump(),
-                               params.student.model_dump(), params.seed, params.max_length, data_dir, teacher_dir)
-    result = train(student, method, spec, sets["train"], sets["dev"], collator, train_cfg, seed=params.seed,
-                   checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
-                   teacher=teacher if method.needs_teacher else None, logger=logger, desc=run_name)
-    summary = {**_summary(result, spec), "method": run.method, "init_layers": layers}
-    _save_trained(student, tokenizer, out_dir, plots_dir, run_name, result, spec, {
+    method = build_run_method(params, run_name, teacher.config, regression)
+    table = method.mapping_table()
+    if table:
+        echo(format_rows(table, f"[{run_name}] {run.method} layer mapping"))
+    cache = _open_cache(params, teacher_cache_dir, teacher_dir, data_dir, len(sets["train"])) \
+        if method.needs_teacher else None
+    student_encoder = Encoder(tokenizer, model_input_names(student, tokenizer), params.max_length)
+    teacher_encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
+    phases, results = method.phases, {}
+    for phase in phases:
+        method.set_phase(phase)
+        cfg = params.run_train_config(run_name, phase, method.phase_train(phase))
+        cached = cache is not None and method.teacher_cacheable
+        live_teacher = method.needs_teacher and not cached
+        # The teacher's inputs are only tokenised when the teacher runs live.
+        collator = DistillCollator(student_encoder, teacher_encoder if live_teacher else None, regression)
+        name = run_name if len(phases) == 1 else f"{run_name}/{phase}"
+        fingerprint = _fingerprint("distill", run_name, phase, run.model_dump(), cfg.model_dump(),
+                                   params.student.model_dump(), params.seed, params.max_length, data_dir,
+                                   teacher_dir, cached)
+        phase_dir = Path(checkpoint_dir) if len(phases) == 1 else Path(checkpoint_dir) / phase
+        result = _finished_phase(phase_dir, fingerprint, student)
+        if result is None:
+            result = train(student, method, spec, sets["train"], sets["dev"], collator, cfg, seed=params.seed,
+                           checkpoint_dir=phase_dir, fingerprint=fingerprint,
+                           teacher=teacher if live_teacher else None, teacher_cache=cache if cached else None,
+                           logger=_PhaseLogger(logger, phase if len(phases) > 1 else None), desc=name)
+            if len(phases) > 1:
+                _mark_phase_done(phase_dir, fingerprint, result)
+        results[phase] = (result, cfg, cached)
+    final = results[phases[-1]][0]
+    summary = {**_summary(final, spec), "method": run.method, "init_layers": layers,
+               "teacher_signal": {p: "cache" if c else ("live" if method.needs_teacher else "none")
+                                  for p, (_, _, c) in results.items()}}
+    if len(phases) > 1:
+        summary["phases"] = {p: {**_summary(r, spec), "train": cfg.model_dump()} for p, (r, cfg, _) in results.items()}
+    if table:
+        summary["mapping"] = table
+    records = {p: r.epoch_records for p, (r, _, _) in results.items() if r.epoch_records}
+    if records:
+        summary["epoch_records"] = records
+    curve = _merge_phases({p: r for p, (r, _, _) in results.items()})
+    _save_trained(student, tokenizer, out_dir, plots_dir, run_name, curve, spec, {
         "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
         "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
     return summary
+
+
+class _PhaseLogger:
+    """Prefixes a multi-phase method's metrics with its phase (``ild/train/loss``) in MLflow."""
+
+    def __init__(self, logger, phase: str | None):
+        self.logger, self.phase = logger, phase
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if self.logger is not None:
+            prefix = f"{self.phase}/" if self.phase else ""
+            self.logger.log_metrics({prefix + k: v for k, v in metrics.items()}, step)
+
+
+def _finished_phase(phase_dir: Path, fingerprint: str, student) -> TrainResult | None:
+    """A phase that already completed (the run was interrupted in a later phase): its selected
+    weights are loaded into ``student`` and its result returned, so it is not trained again."""
+    marker = phase_dir / "phase_done.json"
+    if not marker.exists():
+        return None
+    done = json.loads(marker.read_text())
+    if done["fingerprint"] != fingerprint:
+        return None
+    from safetensors.torch import load_model
+    load_model(student, str(phase_dir / done["result"]["selected"] / "model.safetensors"))
+    return TrainResult(**done["result"])
+
+
+def _mark_phase_done(phase_dir: Path, fingerprint: str, result: TrainResult) -> None:
+    if is_main_process():
+        write_json(phase_dir / "phase_done.json", {"fingerprint": fingerprint, "result": asdict(result)})
+
+
+def _merge_phases(results: dict[str, TrainResult]) -> TrainResult:
+    """One curve across phases: steps continue from phase to phase, a ``phase`` column says which."""
+    if len(results) == 1:
+        return next(iter(results.values()))
+    train_curve, dev_curve, offset = [], [], 0
+    for phase, r in results.items():
+        train_curve += [{**row, "step": row["step"] + offset, "phase": phase} for row in r.train_curve]
+        dev_curve += [{**row, "step": row["step"] + offset, "phase": phase} for row in r.dev_curve]
+        offset += r.train_curve[-1]["step"] if r.train_curve else 0
+    last = list(results.values())[-1]
+    return TrainResult(selected=last.selected, best_step=last.best_step, best_dev=last.best_dev,
+                       last_dev=last.last_dev, train_curve=train_curve, dev_curve=dev_curve)
+
+
+def format_rows(rows: list[dict], title: str) -> str:
+    """A plain-text table of dict rows (the mapping table in the stage log)."""
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = [title, "  " + "  ".join(k.ljust(widths[k]) for k in keys)]
+    lines += ["  " + "  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -16,8 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
+    """Numeric cells only (a multi-phase curve also has a text ``phase`` column)."""
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        return [{k: x for k, v in row.items() if (x := number(v)) is not None} for row in csv.DictReader(f)]
 
 
 def plot_curves(plots_dir: Path, names: list[str], main_metric: str, out: Path) -> None:

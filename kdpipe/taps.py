@@ -1,42 +1,237 @@
 """What a loss may read from a model's forward pass, captured only when some loss asks for it.
 
 A method declares its ``Needs`` for the student and the teacher; ``run_model`` returns a
-``ModelOutputs`` with exactly those fields filled.  Anything beyond what Hugging Face returns
-(pre-softmax scores, per-head Q/K/V, attention context) is added here with forward hooks, so
-model code is never forked.
+``ModelOutputs`` with exactly those fields filled, for exactly the layers asked for.  Everything
+comes from forward hooks on the unmodified Hugging Face modules (model code is never forked),
+so any attention implementation (eager, sdpa, flash) works:
+
+- hidden states: the embeddings module's output (layer 0) and each encoder layer's output;
+- per-head Q/K/V: the outputs of the query/key/value projections, split into heads;
+- pre-softmax attention scores: Q K^T / sqrt(d_k) from those, without the padding mask;
+- attention context: the input of the attention output projection W_O (heads concatenated).
+
+Layer numbers follow Hugging Face's ``hidden_states`` tuple: 0 is the embedding output,
+1..L are the transformer layers in the order they run.  Hooks number layers by call order,
+so a model that runs a physical layer twice (weight sharing) gets 2L numbered layers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import math
+from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
 class Needs:
-    hidden_states: bool = False  # embeddings + every layer output, [B, n, d] each
-    attentions: bool = False     # attention probabilities per layer, [B, A, n, n] each
+    """Which signals to capture; ``layers`` limits per-layer signals (None = every layer)."""
+
+    hidden_states: bool = False     # [B, n, d] per layer 0..L
+    attention_scores: bool = False  # [B, A, n, n] per layer 1..L, pre-softmax, no mask added
+    qkv: bool = False               # query/key/value [B, A, n, d_k] per layer 1..L
+    context: bool = False           # [B, n, d] per layer 1..L: heads' outputs before W_O
+    layers: frozenset[int] | None = None
 
     def __or__(self, other: "Needs") -> "Needs":
-        return Needs(**{k: getattr(self, k) or getattr(other, k) for k in self.__dataclass_fields__})
+        flags = {f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self) if f.name != "layers"}
+        if not any(flags.values()):
+            layers = None
+        elif not self.any_layer_signal:
+            layers = other.layers
+        elif not other.any_layer_signal:
+            layers = self.layers
+        elif self.layers is None or other.layers is None:
+            layers = None
+        else:
+            layers = self.layers | other.layers
+        return Needs(**flags, layers=layers)
+
+    @property
+    def any_layer_signal(self) -> bool:
+        return self.hidden_states or self.attention_scores or self.qkv or self.context
+
+    def wants(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
 
 
 @dataclass
 class ModelOutputs:
-    logits: torch.Tensor                                 # [B, C]; C = 1 for regression
-    attention_mask: torch.Tensor                         # [B, n], 1 = real token
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+    """One forward pass.  Per-layer fields map layer number -> tensor and hold only the layers
+    that were asked for.  ``cls``/``mean`` are per-example vectors [B, d] per layer: a teacher
+    cache fills them directly; for a live model they are derived from ``hidden_states``."""
+
+    logits: torch.Tensor                                  # [B, C]; C = 1 for regression
+    attention_mask: torch.Tensor | None                   # [B, n], 1 = real token; None from a cache
+    hidden_states: dict[int, torch.Tensor] | None = None  # [B, n, d]
+    attention_scores: dict[int, torch.Tensor] | None = None  # [B, A, n, n]
+    query: dict[int, torch.Tensor] | None = None          # [B, A, n, d_k]
+    key: dict[int, torch.Tensor] | None = None
+    value: dict[int, torch.Tensor] | None = None
+    context: dict[int, torch.Tensor] | None = None        # [B, n, d]
+    cls: dict[int, torch.Tensor] | None = None            # [B, d]
+    mean: dict[int, torch.Tensor] | None = None           # [B, d]
 
 
-def run_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = Needs()) -> ModelOutputs:
-    out = model(**inputs, output_hidden_states=needs.hidden_states, output_attentions=needs.attentions,
-                return_dict=True)
-    if needs.attentions and not out.attentions:
-        # sdpa returns an empty tuple instead of raising: make the mistake loud.
-        raise RuntimeError("attention maps requested but the model returned none: load it with "
-                           "attn_implementation='eager'")
-    return ModelOutputs(logits=out.logits, attention_mask=inputs["attention_mask"],
-                        hidden_states=out.hidden_states if needs.hidden_states else None,
-                        attentions=out.attentions if needs.attentions else None)
+# ----------------------------------------------------------------------------- feature extractors
+def _need(field: dict | None, layer: int, what: str) -> torch.Tensor:
+    if field is None or layer not in field:
+        raise KeyError(f"{what} of layer {layer} was not captured: add it to the method's Needs")
+    return field[layer]
+
+
+def cls_vector(out: ModelOutputs, layer: int) -> torch.Tensor:
+    """The first token's state ([CLS] / <s>) of ``layer``: [B, d]."""
+    if out.cls is not None and layer in out.cls:
+        return out.cls[layer]
+    return _need(out.hidden_states, layer, "hidden state")[:, 0]
+
+
+def mean_pooled(out: ModelOutputs, layer: int) -> torch.Tensor:
+    """Mean of ``layer``'s token states over real tokens only (padding excluded): [B, d]."""
+    if out.mean is not None and layer in out.mean:
+        return out.mean[layer]
+    return masked_mean(_need(out.hidden_states, layer, "hidden state"), out.attention_mask)
+
+
+def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """states [B, n, d], attention_mask [B, n] (1 = real) -> [B, d]."""
+    mask = attention_mask.to(states.dtype).unsqueeze(-1)
+    return (states * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+# ----------------------------------------------------------------------------------------- hooks
+@dataclass(frozen=True)
+class AttentionModules:
+    """Where one encoder layer keeps its attention projections (module attribute paths)."""
+
+    query: str
+    key: str
+    value: str
+    output: str  # the output projection W_O; its input is the context
+
+
+_ATTENTION_LAYOUTS = (
+    AttentionModules("attention.self.query", "attention.self.key", "attention.self.value",
+                     "attention.output.dense"),  # BERT, RoBERTa, MiniLM, ELECTRA, XLM-R
+    AttentionModules("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),  # DistilBERT
+)
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module | None:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def attention_layout(layer: nn.Module) -> AttentionModules:
+    for layout in _ATTENTION_LAYOUTS:
+        if all(isinstance(_get(layer, p), nn.Linear) for p in (layout.query, layout.key, layout.value, layout.output)):
+            return layout
+    raise TypeError(f"{type(layer).__name__}: no query/key/value/output projections found "
+                    f"(supported layouts: BERT-style attention.self.*, DistilBERT-style attention.*_lin)")
+
+
+def num_heads(model: nn.Module) -> int:
+    cfg = model.config
+    return getattr(cfg, "num_attention_heads", None) or cfg.n_heads
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, n, A*d_k] -> [B, A, n, d_k]."""
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class _Recorder:
+    """Hook callbacks that number layers by call order within one forward."""
+
+    def __init__(self, needs: Needs, heads: int):
+        self.needs, self.heads = needs, heads
+        self.calls: dict[str, int] = {}
+        self.store: dict[str, dict[int, torch.Tensor]] = {}
+
+    def _next(self, kind: str) -> int:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        return self.calls[kind]
+
+    def keep(self, kind: str, layer: int, value: torch.Tensor) -> None:
+        if self.needs.wants(layer):
+            self.store.setdefault(kind, {})[layer] = value
+
+    def embeddings(self, module, args, output):
+        self.keep("hidden_states", 0, _first(output))
+
+    def layer_output(self, module, args, output):
+        self.keep("hidden_states", self._next("layer"), _first(output))
+
+    def projection(self, kind: str):
+        def hook(module, args, output):
+            self.keep(kind, self._next(kind), _split_heads(output, self.heads))
+        return hook
+
+    def context(self, module, args):
+        self.keep("context", self._next("context"), args[0])
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, needs: Needs):
+    """Register the hooks ``needs`` asks for; yields the recorder whose ``store`` fills up."""
+    from kdpipe.models import encoder_layers
+
+    recorder = _Recorder(needs, num_heads(model))
+    handles = []
+    try:
+        layers = encoder_layers(model)
+        if needs.hidden_states:
+            if needs.wants(0):
+                handles.append(model.base_model.embeddings.register_forward_hook(recorder.embeddings))
+            handles += [layer.register_forward_hook(recorder.layer_output) for layer in layers]
+        if needs.qkv or needs.attention_scores or needs.context:
+            layout = attention_layout(layers[0])
+            for layer in layers:
+                if needs.qkv or needs.attention_scores:
+                    handles.append(_get(layer, layout.query).register_forward_hook(recorder.projection("query")))
+                    handles.append(_get(layer, layout.key).register_forward_hook(recorder.projection("key")))
+                if needs.qkv:
+                    handles.append(_get(layer, layout.value).register_forward_hook(recorder.projection("value")))
+                if needs.context:
+                    handles.append(_get(layer, layout.output).register_forward_pre_hook(recorder.context))
+        yield recorder
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax scores Q K^T / sqrt(d_k): [B, A, n, d_k] x2 -> [B, A, n, n]."""
+    return torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
+
+
+def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = Needs()) -> ModelOutputs:
+    """Forward ``model`` on ``inputs`` capturing what ``needs`` asks for (nothing else is kept)."""
+    if not needs.any_layer_signal:
+        out = model(**inputs, return_dict=True)
+        return ModelOutputs(logits=out.logits, attention_mask=inputs["attention_mask"])
+    with capture(model, needs) as rec:
+        out = model(**inputs, return_dict=True)
+    s = rec.store
+    scores = None
+    if needs.attention_scores:
+        scores = {layer: attention_scores(q, s["key"][layer]) for layer, q in s.get("query", {}).items()}
+    return ModelOutputs(
+        logits=out.logits, attention_mask=inputs["attention_mask"],
+        hidden_states=s.get("hidden_states", {}) if needs.hidden_states else None,
+        attention_scores=scores,
+        query=s.get("query", {}) if needs.qkv else None,
+        key=s.get("key", {}) if needs.qkv else None,
+        value=s.get("value", {}) if needs.qkv else None,
+        context=s.get("context", {}) if needs.context else None)

@@ -93,6 +93,9 @@ class Tracker:
         elif path.exists():
             self._mlflow.log_artifact(str(path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._mlflow.log_text(text, artifact_file)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
 
@@ -109,6 +112,7 @@ class NullTracker:
     def log_metrics(self, metrics, step=None): pass
     def log_pipeline_metrics(self, metrics): pass
     def log_artifact(self, path, artifact_path=None): pass
+    def log_text(self, text, artifact_file): pass
     def set_tags(self, tags): pass
 
 

@@ -8,7 +8,7 @@ run_name = sys.argv[1]
 with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run_name}",
            tags={"kdpipe.run": run_name}) as s:
     from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import distill
+    from kdpipe.pipeline import distill, format_rows
 
     if run_name not in s.params.distill.runs:
         raise SystemExit(f"kdpipe distill: error: no run {run_name!r} under distill.runs in params.yaml")
@@ -17,8 +17,12 @@ with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run
     s.tracker.log_params({"run": run.model_dump(), "train": s.params.run_train_config(run_name).model_dump()})
     summary = distill(s.params, run_name, s.path("data/prepared"), s.path("models/teacher"),
                       s.path(f"models/students/{run_name}"), s.path(f"checkpoints/distill/{run_name}"),
-                      s.path("plots"), logger=s.tracker)
+                      s.path("plots"), logger=s.tracker, teacher_cache_dir=s.path("data/teacher_outputs"))
     if s.is_main:
         write_json(s.path(f"metrics/distill/{run_name}.json"), summary)
     s.tracker.log_metrics({"best_dev": summary["best_dev"], "last_dev": summary["last_dev"]})
     s.tracker.log_artifact(s.path(f"metrics/distill/{run_name}.json"))
+    if "mapping" in summary:
+        s.tracker.log_text(format_rows(summary["mapping"], f"{run.method} layer mapping"), "layer_mapping.txt")
+    for phase, records in summary.get("epoch_records", {}).items():
+        s.tracker.log_text("\n".join(str(r) for r in records), f"epoch_records_{phase}.txt")

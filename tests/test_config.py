@@ -23,7 +23,7 @@ def test_unknown_key_is_named_with_its_path_and_a_suggestion():
 
 def test_unknown_method_lists_known_ones():
     with pytest.raises(ConfigError, match=r"distill\.runs\.x\.method: unknown method 'vanila_kd'.*"
-                                          r"did you mean 'vanilla_kd'.*known: finetune, vanilla_kd"):
+                                          r"did you mean 'vanilla_kd'.*known: alp_kd, .*finetune, pkd, .*vanilla_kd"):
         parse_params({"distill": {"runs": {"x": {"method": "vanila_kd"}}}})
 
 
@@ -53,3 +53,30 @@ def test_malformed_and_unreadable_files_name_the_file(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_params(bad)
+
+
+def test_phase_overrides_apply_per_phase_and_unknown_phases_fail():
+    params = parse_params({"distill": {"train": {"lr": 1e-4}, "runs": {"tb": {
+        "method": "tinybert", "train": {"epochs": 3}, "phases": {"pred": {"lr": 3e-5}}}}}})
+    ild = params.run_train_config("tb", "ild", {"schedule": "constant", "select": "last"})
+    pred = params.run_train_config("tb", "pred", {})
+    assert (ild.lr, ild.epochs, ild.schedule, ild.select) == (1e-4, 3, "constant", "last")
+    assert (pred.lr, pred.epochs, pred.schedule) == (3e-5, 3, "linear")
+    with pytest.raises(ConfigError, match=r"distill\.runs\.tb\.phases: tinybert has no phase 'prd'.*ild, pred"):
+        parse_params({"distill": {"runs": {"tb": {"method": "tinybert", "phases": {"prd": {}}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.tb\.phases\.ild.*lr"):
+        parse_params({"distill": {"runs": {"tb": {"method": "tinybert", "phases": {"ild": {"lr": -1}}}}}})
+
+
+@pytest.mark.parametrize("student_layers, run, message", [
+    (3, {"method": "pkd", "teacher_layers": [2, 9]}, r"distill\.runs\.bad \(pkd\).*teacher_layers.*9"),
+    (1, {"method": "pkd"}, r"distill\.runs\.bad \(pkd\).*layer"),
+    (3, {"method": "rail_kd_l", "exclude_last": 4}, r"distill\.runs\.bad \(rail_kd_l\).*exclude_last"),
+    (3, {"method": "rail_kd_c", "projection_dim": 100}, r"distill\.runs\.bad \(rail_kd_c\).*projection_dim"),
+])
+def test_preflight_rejects_mappings_that_cannot_fit_the_models(student_layers, run, message, minilm_path):
+    """Checked against the real teacher's shapes before any stage loads weights."""
+    from kdpipe.pipeline import preflight
+    params = parse_params({"student": {"num_layers": student_layers}, "distill": {"runs": {"bad": run}}})
+    with pytest.raises(ConfigError, match=message):
+        preflight(params)

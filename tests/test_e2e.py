@@ -30,7 +30,8 @@ def tiny_params(glue_dir: Path, task: str, runs: dict) -> dict:
         "task": {"name": task, "glue_dir": str(glue_dir), "max_train_examples": 64, "max_eval_examples": 48},
         "teacher": {"model": "minilm", "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48}},
         "student": {"num_layers": 2, "layers": "uniform"},
-        "distill": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "lr": 1e-4}, "runs": runs},
+        "distill": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "lr": 1e-4}, "runs": runs,
+                    "teacher_cache": {"enabled": True}},
         "evaluate": {"latency_batch_sizes": [1, 4], "latency_warmup": 1, "latency_repeats": 2},
         # 48 dev examples: one flipped prediction moves accuracy by 2 points; the gate itself is unit-tested
         "export": {"parity_batches": 2, "int8_max_drop": 1.0},
@@ -80,7 +81,8 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
 
 def test_repro_builds_every_artifact(project):
     root, out = project
-    for stage in ("data", "teacher", "distill@finetune", "distill@kd", "evaluate", "export@finetune", "export@kd"):
+    for stage in ("data", "teacher", "teacher_outputs", "distill@finetune", "distill@kd", "evaluate",
+                  "export@finetune", "export@kd"):
         assert f"'{stage}'" in out, stage
     assert (root / "models/teacher/model.safetensors").exists()
     for run in ("finetune", "kd"):

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from kdpipe.methods.base import FineTune, Method, MethodParams
+from kdpipe.methods.base import FineTune, Method, MethodConfigError, MethodParams, ModelShape, Shapes
+from kdpipe.methods.alp_kd import AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap
+from kdpipe.methods.pkd import PKD
+from kdpipe.methods.rail_kd import RailKDConcat, RailKDLayerwise
+from kdpipe.methods.tinybert import TinyBERT
 from kdpipe.methods.vanilla_kd import VanillaKD
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     FineTune,   # gold labels only: the no-distillation baseline
-    VanillaKD,
+    VanillaKD,  # logits (Hinton et al.)
+    PKD,        # + normalised [CLS] of intermediate layers (BERT-PKD)
+    TinyBERT,   # attention scores + hidden states, then logits (two phases)
+    RailKDLayerwise, RailKDConcat,                  # random sorted teacher layers, mean-pooled
+    AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap,    # attention over teacher layers' [CLS]
 )}
 
 
-def build_method(name: str, params: dict, regression: bool) -> Method:
+def build_method(name: str, params: dict, regression: bool, shapes: Shapes | None = None) -> Method:
     cls = METHODS[name]
-    return cls(cls.Params(**params), regression=regression)
+    return cls(cls.Params(**params), regression=regression, shapes=shapes)
 
 
-__all__ = ["METHODS", "Method", "MethodParams", "build_method"]
+__all__ = ["METHODS", "Method", "MethodConfigError", "MethodParams", "ModelShape", "Shapes", "build_method"]

@@ -3,15 +3,20 @@
 A method is an ``nn.Module`` so that whatever it trains besides the student (projections)
 is registered, optimised in its own parameter group, checkpointed with the run and never
 exported with the student.  It never touches the optimizer, the data loader or MLflow.
+
+A method is built for known model shapes (``Shapes``), so a mapping that is out of range, a
+width mismatch without a projection or a head-count mismatch fails at construction, which
+the pipeline's preflight does before any model is loaded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from kdpipe.taps import ModelOutputs, Needs
@@ -21,18 +26,54 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MethodConfigError(ValueError):
+    """A method's params do not fit the models (range, width, heads); names the key at fault."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int   # transformer layers (hidden_states has layers + 1 entries)
+    hidden: int   # width d
+    heads: int    # attention heads A
+
+    @classmethod
+    def of(cls, config) -> "ModelShape":
+        """From a Hugging Face config (BERT-style or DistilBERT-style field names)."""
+        layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+        hidden = getattr(config, "hidden_size", None) or config.dim
+        heads = getattr(config, "num_attention_heads", None) or config.n_heads
+        return cls(layers, hidden, heads)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    student: ModelShape
+    teacher: ModelShape
+
+
 class Method(nn.Module):
-    """Subclasses set ``Params``, ``needs_teacher`` and the ``*_needs``, and implement ``losses``."""
+    """Subclasses set ``Params``, ``needs_teacher`` and the needs, and implement ``losses``.
+
+    ``student_needs``/``teacher_needs`` may be properties (they can depend on the phase).
+    ``teacher_cacheable``: the teacher signal is per-example vectors only (logits, [CLS] or
+    mean-pooled states per layer), so it can come from the precomputed teacher cache.
+    ``phases``: a multi-phase method is trained once per phase, each phase starting from the
+    student the previous one selected; ``phase_train`` gives each phase's default train settings.
+    """
 
     name: ClassVar[str] = "method"  # the registry name used in params.yaml
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
-    student_needs: ClassVar[Needs] = Needs()
-    teacher_needs: ClassVar[Needs] = Needs()
+    teacher_cacheable: ClassVar[bool] = False
+    phases: ClassVar[tuple[str, ...]] = ("main",)
+    student_needs: Needs = Needs()
+    teacher_needs: Needs = Needs()
 
-    def __init__(self, params: MethodParams, regression: bool):
+    def __init__(self, params: MethodParams, regression: bool, shapes: Shapes | None = None):
         super().__init__()
-        self.params, self.regression = params, regression
+        self.params, self.regression, self.shapes = params, regression, shapes
+        self.phase = self.phases[0]
+        self.epoch, self.step = 0, 0
 
     def losses(self, student: ModelOutputs, teacher: ModelOutputs | None,
                labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,6 +82,28 @@ class Method(nn.Module):
 
     def forward(self, student, teacher, labels):  # lets DDP wrap a method that has parameters
         return self.losses(student, teacher, labels)
+
+    # ---- hooks the engine calls
+    def set_phase(self, phase: str) -> None:
+        if phase not in self.phases:
+            raise ValueError(f"{self.name}: no phase {phase!r} (phases: {', '.join(self.phases)})")
+        self.phase = phase
+
+    def phase_train(self, phase: str) -> dict:
+        """Default train-setting overrides of ``phase`` (the user's params override these)."""
+        return {}
+
+    def begin_step(self, epoch: int, step: int) -> None:
+        """Called before every training step (step counts from 0 within the phase)."""
+        self.epoch, self.step = epoch, step
+
+    def epoch_record(self, epoch: int) -> dict | None:
+        """Something to log at the start of each epoch (RAIL-KD: the layers drawn), or None."""
+        return None
+
+    def mapping_table(self) -> list[dict]:
+        """The resolved layer mapping as rows {"student_layer", "teacher_layers", ...}; [] if none."""
+        return []
 
     def describe(self) -> dict:
         """What gets logged as this method's resolved settings."""
@@ -60,6 +123,39 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> 
     if regression:
         return F.mse_loss(upcast(logits.squeeze(-1)), labels.to(upcast(logits).dtype))
     return F.cross_entropy(upcast(logits), labels)
+
+
+def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_T || p_S) with p = softmax(z / T), averaged over the batch.
+
+    Args: student_logits, teacher_logits [B, C].  Returns a scalar.  The T^2 factor keeps the
+    gradient scale comparable across temperatures (Hinton et al.).  Computed in fp32 so bf16
+    autocast does not lose the small probabilities (see ``upcast``).
+    """
+    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def kd_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Regression distillation: MSE between outputs [B, 1] (or [B])."""
+    return F.mse_loss(upcast(student_logits), upcast(teacher_logits))
+
+
+class PredictionParams(MethodParams):
+    """Hard-label and logit-KD weights shared by the intermediate-layer methods."""
+
+    ce_weight: float = Field(default=0.5, ge=0)   # gold-label CE (MSE for regression)
+    kd_weight: float = Field(default=0.5, ge=0)   # logit KD: T^2 KL (MSE to teacher outputs for regression)
+    temperature: float = Field(default=1.0, gt=0)
+
+
+def prediction_losses(student: ModelOutputs, teacher: ModelOutputs, labels: torch.Tensor, regression: bool,
+                      temperature: float) -> dict[str, torch.Tensor]:
+    """{"hard": label loss, "kd": logit KD} for one batch (see ``label_loss`` / ``kd_*_loss``)."""
+    kd = (kd_mse_loss(student.logits, teacher.logits) if regression
+          else kd_kl_loss(student.logits, teacher.logits, temperature))
+    return {"hard": label_loss(student.logits, labels, regression), "kd": kd}
 
 
 class FineTune(Method):

@@ -1,0 +1,165 @@
+"""ALP-KD: Attention-based Layer Projection for KD (Passban et al., AAAI 2021).  Spec: methods.md §4.
+
+Each student layer i attends over its candidate teacher layers with its [CLS] vector, and is
+pulled towards the attention-weighted fusion of their [CLS] vectors:
+
+    eps_ij = softmax_j(h_S^i . h_T^j / s)        s = sqrt(d) ("sqrt_d") or 1 ("none")
+    f^i    = sum_j eps_ij h_T^j
+    L_ALP  = sum_i MSE(h_S^i, f^i)               (MSE = element mean, hence alp_weight ~ 10)
+    L      = ce_weight * CE + kd_weight * T^2 KL + alp_weight * L_ALP     (regression: MSEs, see base)
+
+Candidates: every teacher layer 1..L_T (``alp_kd``), the student layer's non-overlapping bucket
+(``alp_kd_no``) or that bucket widened by one layer on each side (``alp_kd_po``; the overlap size
+is the spec's proposal).  The bucket variants are the full attention with a mask over teacher
+layers, so weights outside the bucket are exactly 0.
+
+The student gets gradients through both the MSE and eps (eps depends on h_S) unless
+``detach_attention``; teacher vectors are constants.  When d_S != d_T a trainable W: d_S -> d_T
+(shared by all student layers) maps h_S before both the dot product and the MSE, and s = sqrt(d_T).
+The mean entropy of eps per student layer is logged (``alp_entropy_s<i>``, nats): a drift to 0 means
+the attention degenerated into picking the nearest layer (§4.7).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdpipe.mapping import MappingError, Strategy, build_mapping
+from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
+from kdpipe.projections import width_map
+from kdpipe.taps import ModelOutputs, Needs, cls_vector
+
+__all__ = ["AlpKD", "AlpKDNonOverlap", "AlpKDParams", "AlpKDPartialOverlap", "alp_loss", "attention_entropy",
+           "fuse_layers", "layer_attention"]
+
+
+class AlpKDParams(PredictionParams):
+    ce_weight: float = Field(default=0.5, ge=0)    # beta: gold labels (MSE for regression)
+    kd_weight: float = Field(default=0.5, ge=0)    # eta: logit KD
+    alp_weight: float = Field(default=10.0, ge=0)  # lambda; spec proposes a sweep over {1, 10, 100}
+    temperature: float = Field(default=1.0, gt=0)
+    # unscaled dot products of wide un-normalised states give a one-hot eps (§4.7)
+    scale: Literal["sqrt_d", "none"] = "sqrt_d"
+    detach_attention: bool = False  # ablation: stop the gradient through eps
+
+
+# ------------------------------------------------------------------------------------------ losses
+def layer_attention(student_vec: torch.Tensor, teacher_vecs: torch.Tensor, scale: float,
+                    allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one student layer over teacher layers.
+
+    Args: student_vec [B, d]; teacher_vecs [B, J, d]; scale: the divisor s of the dot products;
+    allowed [J] bool (None = all): layers outside it get weight exactly 0.
+    Returns weights [B, J], rows summing to 1.
+    """
+    # elementwise product + sum rather than a matmul, so autocast keeps the scores in fp32
+    scores = (upcast(student_vec).unsqueeze(1) * upcast(teacher_vecs)).sum(-1) / scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def fuse_layers(weights: torch.Tensor, teacher_vecs: torch.Tensor) -> torch.Tensor:
+    """weights [B, J], teacher_vecs [B, J, d] -> the fused target sum_j w_j h_T^j: [B, d]."""
+    return (weights.unsqueeze(-1) * upcast(teacher_vecs)).sum(1)  # fp32 under autocast, as above
+
+
+def alp_loss(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, scale: float,
+             allowed: torch.Tensor | None = None, detach_attention: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_ALP = sum over student layers of MSE(h_S^i, sum_j eps_ij h_T^j).
+
+    Args: student_vecs [I, B, d] (one per supervised student layer, already in the teacher's
+    width); teacher_vecs [B, J, d] (the candidate teacher layers, constants); scale: the divisor s;
+    allowed [I, J] bool (None = every student layer sees every teacher layer);
+    detach_attention: eps is computed from a detached h_S (same value, no gradient through eps).
+    Returns (the scalar loss, the weights eps [I, B, J]).
+    """
+    teacher_vecs = upcast(teacher_vecs).detach()
+    total, weights = 0.0, []
+    for i, student_vec in enumerate(upcast(student_vecs)):
+        query = student_vec.detach() if detach_attention else student_vec
+        eps = layer_attention(query, teacher_vecs, scale, None if allowed is None else allowed[i])
+        total = total + F.mse_loss(student_vec, fuse_layers(eps, teacher_vecs))
+        weights.append(eps)
+    return total, torch.stack(weights)
+
+
+def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of attention rows: weights [..., J] -> scalar.  0 log 0 = 0, so masked
+    layers do not count; the maximum is log(number of allowed layers)."""
+    return -torch.special.xlogy(weights, weights).sum(-1).mean()
+
+
+# ----------------------------------------------------------------------------------------- methods
+class AlpKD(Method):
+    """ALP-KD: every student layer attends over all teacher layers 1..L_T."""
+
+    name = "alp_kd"
+    Params = AlpKDParams
+    params: AlpKDParams
+    teacher_cacheable = True  # logits and per-layer [CLS] vectors only
+    strategy: Strategy = "all"
+    overlap = False
+
+    def __init__(self, params: AlpKDParams, regression: bool, shapes=None):
+        super().__init__(params, regression, shapes)
+        if shapes is None:
+            raise MethodConfigError(f"{self.name}: needs the student and teacher shapes (layers, width)")
+        s, t = shapes.student, shapes.teacher
+        try:
+            self.mapping = build_mapping(self.strategy, s.layers, t.layers, overlap=self.overlap, param=self.name)
+        except MappingError as exc:
+            raise MethodConfigError(str(exc)) from exc
+        self.teacher_layers = sorted(self.mapping.teacher_layers)  # the J candidates, stacked in this order
+        column = {layer: j for j, layer in enumerate(self.teacher_layers)}
+        allowed = torch.zeros(len(self.mapping.student), len(self.teacher_layers), dtype=torch.bool)
+        for i, (_, targets) in enumerate(self.mapping.pairs()):
+            allowed[i, [column[layer] for layer in targets]] = True
+        # derived from the config, so not checkpointed
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.width_map = width_map(s.hidden, t.hidden)  # identity when the widths match
+        self.scale = math.sqrt(t.hidden) if params.scale == "sqrt_d" else 1.0
+        self.student_needs = Needs(hidden_states=True, layers=self.mapping.student_layers)
+        self.teacher_needs = Needs(hidden_states=True, layers=self.mapping.teacher_layers)
+
+    def alp_terms(self, student: ModelOutputs, teacher: ModelOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_ALP, eps [I, B, J]): row i is student layer ``mapping.student[i]``, column j teacher
+        layer ``teacher_layers[j]``."""
+        student_vecs = torch.stack([self.width_map(upcast(cls_vector(student, layer)))
+                                    for layer in self.mapping.student])                              # [I, B, d_T]
+        teacher_vecs = torch.stack([cls_vector(teacher, layer) for layer in self.teacher_layers], dim=1)  # [B, J, d_T]
+        return alp_loss(student_vecs, teacher_vecs, self.scale, self.allowed, self.params.detach_attention)
+
+    def losses(self, student, teacher, labels):
+        p = self.params
+        alp, weights = self.alp_terms(student, teacher)
+        parts = prediction_losses(student, teacher, labels, self.regression, p.temperature)
+        total = p.ce_weight * parts["hard"] + p.kd_weight * parts["kd"] + p.alp_weight * alp
+        entropy = {f"alp_entropy_s{layer}": attention_entropy(w.detach())
+                   for layer, w in zip(self.mapping.student, weights, strict=True)}
+        return {"loss": total, **parts, "alp": alp, **entropy}
+
+    def mapping_table(self) -> list[dict]:
+        return self.mapping.table()
+
+
+class AlpKDNonOverlap(AlpKD):
+    """ALP-NO: student layer i attends over its own contiguous bucket of L_T / L_S teacher layers."""
+
+    name = "alp_kd_no"
+    strategy: Strategy = "buckets"
+    overlap = False
+
+
+class AlpKDPartialOverlap(AlpKD):
+    """ALP-PO: the ALP-NO buckets widened by one teacher layer on each side."""
+
+    name = "alp_kd_po"
+    strategy: Strategy = "buckets"
+    overlap = True

@@ -1,0 +1,117 @@
+"""The frozen teacher's per-example outputs on the train split, computed once and reused.
+
+Logit KD, PKD, RAIL-KD and ALP-KD only read, per example, the teacher's logits and the [CLS]
+or mask-aware mean-pooled state of each layer.  The teacher does not change during
+distillation, so these vectors are computed once (the ``teacher_outputs`` DVC stage) and every
+epoch of every such method reads them instead of running the teacher.  All layers are stored,
+because RAIL-KD draws a different subset each epoch.
+
+Files: ``logits.npy`` [N, C], ``cls.npy`` and ``mean.npy`` [N, L+1, d] (row i = train example
+i, layer 0 = embeddings), and ``meta.json`` with the key the cache was built for: a hash of the
+teacher's weights and tokenizer, the prepared data and max_length.  A cache whose key does not
+match the run's inputs is refused, so stale teacher outputs can never be used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from kdpipe.artifacts import atomic_dir
+from kdpipe.data import DistillCollator, Encoder, TextDataset, model_input_names
+from kdpipe.taps import ModelOutputs, Needs, masked_mean, run_model
+
+META = "meta.json"
+
+
+class StaleCacheError(ValueError):
+    """The teacher cache was built for another teacher, data or max_length."""
+
+
+def cache_key(teacher_dir: Path, data_dir: Path, max_length: int) -> str:
+    """Hash of what the cached vectors depend on: teacher weights + config + tokenizer files,
+    the prepared train split, and the tokenisation length."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name != "kdpipe.json")
+    files.append(Path(data_dir) / "train.parquet")
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(str(max_length).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextDataset, out_dir: Path, *,
+                          key: str, max_length: int, batch_size: int = 64, dtype: str = "float32",
+                          device: str | torch.device = "cpu") -> dict:
+    """Run ``teacher`` once over ``dataset`` and write the cache folder atomically."""
+    teacher = teacher.to(device).eval()
+    encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), max_length)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DistillCollator(encoder, None, False))
+    np_dtype = np.dtype(dtype)
+    logits, cls, mean = [], [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+    for batch in tqdm(loader, desc="teacher outputs", dynamic_ncols=True):
+        inputs = {k: v.to(device) for k, v in batch["student"].items()}
+        with autocast:
+            out = run_model(teacher, inputs, Needs(hidden_states=True))
+        layers = [out.hidden_states[i].float() for i in sorted(out.hidden_states)]
+        logits.append(out.logits.float().cpu().numpy())
+        cls.append(torch.stack([h[:, 0] for h in layers], 1).cpu().numpy().astype(np_dtype))
+        mean.append(torch.stack([masked_mean(h, inputs["attention_mask"]) for h in layers], 1)
+                    .cpu().numpy().astype(np_dtype))
+    meta = {"key": key, "examples": len(dataset), "layers": len(cls[0][0]) - 1, "hidden": int(cls[0].shape[-1]),
+            "dtype": dtype, "max_length": max_length}
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "logits.npy", np.concatenate(logits))  # logits stay fp32: they are tiny
+        np.save(tmp / "cls.npy", np.concatenate(cls))
+        np.save(tmp / "mean.npy", np.concatenate(mean))
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class TeacherCache:
+    """Memory-mapped cached teacher outputs; ``lookup`` turns a batch's row indices into the
+    ``ModelOutputs`` a live teacher would give (logits, ``cls`` and ``mean`` per layer)."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder, self.meta = Path(folder), meta
+        self.logits = np.load(self.folder / "logits.npy", mmap_mode="r")
+        self.cls = np.load(self.folder / "cls.npy", mmap_mode="r")
+        self.mean = np.load(self.folder / "mean.npy", mmap_mode="r")
+
+    @classmethod
+    def open(cls, folder: Path, expected_key: str, examples: int) -> "TeacherCache":
+        meta_file = Path(folder) / META
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{folder}: no teacher cache here; run the teacher_outputs stage "
+                                    f"(dvc repro teacher_outputs) or set distill.teacher_cache.enabled: false")
+        meta = json.loads(meta_file.read_text())
+        if meta["key"] != expected_key or meta["examples"] != examples:
+            raise StaleCacheError(f"{folder}: the teacher cache was built for another teacher, data or max_length "
+                                  f"(key {meta['key']} != {expected_key}); re-run the teacher_outputs stage")
+        return cls(folder, meta)
+
+    def lookup(self, index: torch.Tensor, device: torch.device | str = "cpu") -> ModelOutputs:
+        rows = np.sort(index.cpu().numpy())  # sorted reads from the memory map, then back to batch order
+        order = np.searchsorted(rows, index.cpu().numpy())
+
+        def take(array: np.ndarray) -> torch.Tensor:
+            block = torch.from_numpy(np.ascontiguousarray(array[rows]))[torch.from_numpy(order)]
+            return block.to(device, torch.float32, non_blocking=True)
+
+        cls, mean = take(self.cls), take(self.mean)
+        layers = range(cls.shape[1])
+        return ModelOutputs(logits=take(self.logits), attention_mask=None,
+                            cls={layer: cls[:, layer] for layer in layers},
+                            mean={layer: mean[:, layer] for layer in layers})
