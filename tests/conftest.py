@@ -54,3 +54,28 @@ def tiny_distilbert(num_labels: int = 3, seed: int = 0):
     config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
                               max_position_embeddings=128, num_labels=num_labels)
     return DistilBertForSequenceClassification(config).eval()
+
+
+# Two sentences of different lengths ([CLS] ... [SEP] ids of the real vocabulary).
+SENTENCES = [[101, 7592, 2088, 102], [101, 2023, 2003, 1037, 3231, 102]]
+
+
+def padded_batch(pad_to: int, sentences=SENTENCES) -> dict:
+    """``sentences`` right-padded with token 0 (attention_mask 0) to ``pad_to`` positions: the
+    same inputs at two ``pad_to`` values must give the same losses (padding invariance)."""
+    import torch
+
+    ids = torch.tensor([s + [0] * (pad_to - len(s)) for s in sentences])
+    mask = torch.tensor([[1] * len(s) + [0] * (pad_to - len(s)) for s in sentences])
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def forward_pair(method, student, teacher, inputs: dict, teacher_grad: bool = False):
+    """(student outputs, teacher outputs) capturing what ``method`` needs from each."""
+    import torch
+
+    from kdpipe.taps import run_model
+
+    with torch.set_grad_enabled(teacher_grad):
+        t_out = run_model(teacher, inputs, method.teacher_needs)
+    return run_model(student, inputs, method.student_needs), t_out

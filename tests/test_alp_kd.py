@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert
+from conftest import forward_pair, padded_batch, tiny_bert
 from pydantic import ValidationError
 
 from kdpipe.methods.alp_kd import (
@@ -19,7 +19,7 @@ from kdpipe.methods.alp_kd import (
     layer_attention,
 )
 from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes
-from kdpipe.taps import ModelOutputs, cls_vector, run_model
+from kdpipe.taps import ModelOutputs, cls_vector
 
 SHAPES = Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(4, 32, 4))  # the tiny_bert pair below
 VARIANTS = [AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap]
@@ -36,23 +36,9 @@ def models():
     return tiny_bert(layers=2, seed=1), tiny_bert(layers=4, seed=0)  # student, teacher
 
 
-def padded_batch(pad_to: int) -> dict[str, torch.Tensor]:
-    """The same two sentences (arbitrary ids), right-padded with id 0 to ``pad_to`` positions."""
-    rows = [[101, 7592, 2088, 2003, 102], [101, 2023, 102]]
-    ids = torch.zeros(len(rows), pad_to, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row)
-        mask[b, :len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def forward(method, models, pad_to=7):
     student, teacher = models
-    inputs = padded_batch(pad_to)
-    with torch.no_grad():
-        t_out = run_model(teacher, inputs, method.teacher_needs)
-    return run_model(student, inputs, method.student_needs), t_out
+    return forward_pair(method, student, teacher, padded_batch(pad_to))
 
 
 def synthetic(student_layers, teacher_layers, d_s, d_t, batch=2, seed=0, n=3):

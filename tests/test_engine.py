@@ -9,7 +9,7 @@ import torch
 from kdpipe.config import TrainConfig
 from kdpipe.data import DistillCollator, Encoder, TextDataset
 from kdpipe.engine import train
-from kdpipe.methods import build_method
+from kdpipe.methods import ModelShape, Shapes, build_method
 from kdpipe.tasks import TaskSpec
 
 from conftest import tiny_bert
@@ -33,15 +33,19 @@ def setup(tokenizer):
     return train_set, dev_set, DistillCollator(enc, enc, regression=False)
 
 
-def run(setup, tmp_path, *, method="vanilla_kd", teacher=True, stop=None, fingerprint="f", **cfg):
+def run(setup, tmp_path, *, method="vanilla_kd", teacher=True, stop=None, fingerprint="f", method_params=None,
+        teacher_layers=2, return_method=False, **cfg):
     train_set, dev_set, collator = setup
     student = tiny_bert(num_labels=2, layers=2, seed=1)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 4, "log_every": 2,
                          "eval_every": 3, **cfg})
-    result = train(student, build_method(method, {}, regression=False), SPEC, train_set, dev_set, collator, cfg,
+    shapes = Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(teacher_layers, 32, 4))
+    kd = build_method(method, method_params or {}, regression=False, shapes=shapes)
+    result = train(student, kd, SPEC, train_set, dev_set, collator, cfg,
                    seed=7, checkpoint_dir=tmp_path / "ckpt", fingerprint=fingerprint,
-                   teacher=tiny_bert(num_labels=2, layers=2, seed=2) if teacher else None, stop_after_steps=stop)
-    return student, result
+                   teacher=tiny_bert(num_labels=2, layers=teacher_layers, seed=2) if teacher else None,
+                   stop_after_steps=stop)
+    return (student, result, kd) if return_method else (student, result)
 
 
 def test_training_learns_and_logs_every_loss_part(setup, tmp_path):
@@ -99,3 +103,25 @@ def test_a_finished_run_is_never_resumed(setup, tmp_path):
     assert (tmp_path / "ckpt" / "best" / "model.safetensors").exists()
     _, again = run(setup, tmp_path, epochs=1)
     assert again.resumed_from_step == 0
+
+
+def test_resumed_rail_kd_run_redraws_the_same_layers_and_restores_its_projections(setup, tmp_path):
+    """RAIL-KD re-drawn per batch with trainable maps on both sides: the draws, the method's own
+    parameters (checkpointed with the run) and the student end as in an uninterrupted run."""
+    kw = dict(method="rail_kd_l", teacher_layers=4, select="last", return_method=True,
+              method_params={"resample": "batch", "teacher_projection": "trainable"})
+    reference, ref_result, ref_method = run(setup, tmp_path / "a", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "b", stop=5, **kw)  # last checkpoint at step 4, mid-epoch
+    resumed, result, method = run(setup, tmp_path / "b", **kw)
+    assert result.resumed_from_step == 4
+    assert result.epoch_records == ref_result.epoch_records and len(result.epoch_records) == 2
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(ref_method.state_dict().items(), method.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_constant_schedule_keeps_the_learning_rate_after_warmup(setup, tmp_path):
+    _, result = run(setup, tmp_path, schedule="constant", warmup_ratio=0.0, epochs=1)
+    assert {r["lr"] for r in result.train_curve} == {1e-3}

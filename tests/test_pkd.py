@@ -5,21 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert
+from conftest import forward_pair, padded_batch, tiny_bert
 
 from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes, kd_kl_loss
 from kdpipe.methods.pkd import PKD, patient_loss
 from kdpipe.taps import ModelOutputs, run_model
-
-SENTENCES = [[101, 7592, 2088, 102], [101, 2023, 2003, 1037, 3231, 102]]  # [CLS] ... [SEP], two lengths
-
-
-def batch(pad_to: int) -> dict[str, torch.Tensor]:
-    """SENTENCES padded with token 0 (attention_mask 0) to ``pad_to`` positions."""
-    ids = torch.tensor([s + [0] * (pad_to - len(s)) for s in SENTENCES])
-    mask = torch.tensor([[1] * len(s) + [0] * (pad_to - len(s)) for s in SENTENCES])
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
 
 def shapes(student_layers=2, teacher_layers=4, student_hidden=32, teacher_hidden=32) -> Shapes:
     return Shapes(student=ModelShape(student_layers, student_hidden, 4), teacher=ModelShape(teacher_layers,
@@ -37,10 +27,7 @@ def models():
 
 def forward(method, models, pad_to=8):
     teacher, student = models
-    inputs = batch(pad_to)
-    with torch.no_grad():
-        t = run_model(teacher, inputs, method.teacher_needs)
-    return run_model(student, inputs, method.student_needs), t
+    return forward_pair(method, student, teacher, padded_batch(pad_to))
 
 
 # ------------------------------------------------------------------------------------ patient_loss
@@ -164,7 +151,7 @@ def test_cached_teacher_gives_the_live_teachers_loss(models):
 def test_patient_gradients_reach_only_supervised_student_layers_and_never_the_teacher():
     teacher, student = tiny_bert(layers=4, seed=0), tiny_bert(layers=2, seed=1)
     method = pkd(ce_weight=0.0, kd_weight=0.0)  # the patient loss alone
-    inputs = batch(8)
+    inputs = padded_batch(8)
     t = run_model(teacher, inputs, method.teacher_needs)  # no no_grad: the method must cut the teacher off
     s = run_model(student, inputs, method.student_needs)
     method.losses(s, t, torch.tensor([0, 1]))["loss"].backward()
@@ -179,7 +166,7 @@ def test_patient_gradients_reach_only_supervised_student_layers_and_never_the_te
 def test_full_loss_trains_the_student_head():
     teacher, student = tiny_bert(layers=4, seed=0), tiny_bert(layers=2, seed=1)
     method = pkd()
-    inputs = batch(8)
+    inputs = padded_batch(8)
     t = run_model(teacher, inputs, method.teacher_needs)
     s = run_model(student, inputs, method.student_needs)
     method.losses(s, t, torch.tensor([0, 1]))["loss"].backward()
@@ -191,7 +178,7 @@ def test_regression_uses_mse_terms_and_keeps_the_patient_loss():
     teacher = tiny_bert(num_labels=1, layers=4, seed=0, problem="regression")
     student = tiny_bert(num_labels=1, layers=2, seed=1, problem="regression")
     method = pkd(regression=True, ce_weight=0.25, kd_weight=0.75, beta=10.0)
-    inputs = batch(8)
+    inputs = padded_batch(8)
     with torch.no_grad():
         t = run_model(teacher, inputs, method.teacher_needs)
     s = run_model(student, inputs, method.student_needs)

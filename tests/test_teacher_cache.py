@@ -26,7 +26,8 @@ def parts(tokenizer, tmp_path):
     dataset = TextDataset(toy_frame(40, 0))
     enc = Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], 16)
     compute_teacher_cache(teacher, tokenizer, dataset, tmp_path / "cache", key="k1", max_length=16, batch_size=16)
-    return teacher, dataset, DistillCollator(enc, enc, regression=False), TeacherCache.open(tmp_path / "cache", "k1", 40)
+    cache = TeacherCache.open(tmp_path / "cache", "k1", 40)
+    return teacher, dataset, DistillCollator(enc, enc, regression=False), cache
 
 
 def test_lookup_returns_the_live_teachers_vectors_in_batch_order(parts):

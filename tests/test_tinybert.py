@@ -5,21 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert
+from conftest import forward_pair, padded_batch, tiny_bert
 
 from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes
 from kdpipe.methods.tinybert import TinyBERT, attention_score_mse, hidden_mse, soft_cross_entropy
-from kdpipe.taps import ModelOutputs, run_model
-
-SENTENCES = [[101, 7592, 2088, 102], [101, 2023, 2003, 1037, 3231, 102]]  # [CLS] ... [SEP], two lengths
-
-
-def batch(pad_to: int) -> dict[str, torch.Tensor]:
-    """SENTENCES padded with token 0 (attention_mask 0) to ``pad_to`` positions."""
-    ids = torch.tensor([s + [0] * (pad_to - len(s)) for s in SENTENCES])
-    mask = torch.tensor([[1] * len(s) + [0] * (pad_to - len(s)) for s in SENTENCES])
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
+from kdpipe.taps import ModelOutputs
 
 def shapes(student=(2, 32, 4), teacher=(4, 32, 4)) -> Shapes:
     return Shapes(student=ModelShape(*student), teacher=ModelShape(*teacher))
@@ -30,10 +20,7 @@ def tinybert(regression=False, shape=None, **params) -> TinyBERT:
 
 
 def forward(method, teacher, student, pad_to=8, teacher_grad=False):
-    inputs = batch(pad_to)
-    with torch.set_grad_enabled(teacher_grad):
-        t = run_model(teacher, inputs, method.teacher_needs)
-    return run_model(student, inputs, method.student_needs), t
+    return forward_pair(method, student, teacher, padded_batch(pad_to), teacher_grad)
 
 
 @pytest.fixture(scope="module")
