@@ -214,8 +214,11 @@ def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path, s
     params["teacher"]["train"].update(epochs=3, checkpoint_every=1)  # 12 steps
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     state = tmp_path / "checkpoints/teacher/trainer_state.json"
+    # A shell that runs the suite in the background (`pytest &`) makes its children ignore SIGINT,
+    # as POSIX requires: give the stage the default disposition a terminal's Ctrl-C would meet.
     proc = subprocess.Popen([sys.executable, "stages/teacher.py"], cwd=tmp_path, env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not (state.exists() and json.loads(state.read_text())["step"] >= 2) and time.time() < deadline:
         time.sleep(0.2)
