@@ -82,12 +82,17 @@ def _name(layer: int) -> str:
     return "embeddings" if layer == 0 else str(layer)
 
 
-def format_table(mapping: LayerMap, title: str = "layer mapping", epoch: int = 0) -> str:
-    rows = mapping.table(epoch)
-    width = max(len("student layer"), *(len(r["student_layer"]) for r in rows))
-    lines = [f"{title} ({mapping.strategy}):", f"  {'student layer'.ljust(width)}  teacher layer(s)"]
-    lines += [f"  {r['student_layer'].ljust(width)}  {r['teacher_layers']}" for r in rows]
+def format_rows(rows: list[dict], title: str) -> str:
+    """A plain-text table of dict rows under ``title`` (the stage log's mapping table)."""
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = [title, "  " + "  ".join(k.replace("_", " ").ljust(widths[k]) for k in keys)]
+    lines += ["  " + "  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
     return "\n".join(lines)
+
+
+def format_table(mapping: LayerMap, title: str = "layer mapping", epoch: int = 0) -> str:
+    return format_rows(mapping.table(epoch), f"{title} ({mapping.strategy}):")
 
 
 # --------------------------------------------------------------------------------- constructors

@@ -17,12 +17,11 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from kdpipe.artifacts import atomic_dir, write_csv, write_json
-from kdpipe.config import Params
+from kdpipe.config import ConfigError, Params
 from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
 from kdpipe.engine import TrainResult, is_main_process, train
 from kdpipe.evaluation import evaluate_split, torch_latency
-from kdpipe.config import ConfigError
-from kdpipe.mapping import MappingError
+from kdpipe.mapping import format_rows
 from kdpipe.methods import METHODS, MethodConfigError, ModelShape, Shapes, build_method
 from kdpipe.methods.base import FineTune, MethodParams
 from kdpipe.models import (build_student, count_parameters, load_classifier, load_tokenizer, model_file_bytes,
@@ -162,7 +161,7 @@ def build_run_method(params: Params, run_name: str, teacher_config, regression: 
         method_params.setdefault("seed", params.seed)  # RAIL-KD's layer draws follow the pipeline seed
     try:
         return build_method(run.method, method_params, regression, method_shapes(params, teacher_config))
-    except (MethodConfigError, MappingError) as e:
+    except MethodConfigError as e:
         raise ConfigError(f"params.yaml: distill.runs.{run_name} ({run.method}): {e}") from None
 
 
@@ -212,6 +211,9 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     student_encoder = Encoder(tokenizer, model_input_names(student, tokenizer), params.max_length)
     teacher_encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
     phases, results = method.phases, {}
+    # Hashed once per run (the teacher's weights and the data are read here), then per phase.
+    inputs = _fingerprint("distill", run_name, run.model_dump(), params.student.model_dump(), params.seed,
+                          params.max_length, data_dir, teacher_dir)
     for phase in phases:
         method.set_phase(phase)
         cfg = params.run_train_config(run_name, phase, method.phase_train(phase))
@@ -220,9 +222,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
         # The teacher's inputs are only tokenised when the teacher runs live.
         collator = DistillCollator(student_encoder, teacher_encoder if live_teacher else None, regression)
         name = run_name if len(phases) == 1 else f"{run_name}/{phase}"
-        fingerprint = _fingerprint("distill", run_name, phase, run.model_dump(), cfg.model_dump(),
-                                   params.student.model_dump(), params.seed, params.max_length, data_dir,
-                                   teacher_dir, cached)
+        fingerprint = _fingerprint(inputs, phase, cfg.model_dump(), cached)
         phase_dir = Path(checkpoint_dir) if len(phases) == 1 else Path(checkpoint_dir) / phase
         result = _finished_phase(phase_dir, fingerprint, student)
         if result is None:
@@ -294,15 +294,6 @@ def _merge_phases(results: dict[str, TrainResult]) -> TrainResult:
     last = list(results.values())[-1]
     return TrainResult(selected=last.selected, best_step=last.best_step, best_dev=last.best_dev,
                        last_dev=last.last_dev, train_curve=train_curve, dev_curve=dev_curve)
-
-
-def format_rows(rows: list[dict], title: str) -> str:
-    """A plain-text table of dict rows (the mapping table in the stage log)."""
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
-    lines = [title, "  " + "  ".join(k.ljust(widths[k]) for k in keys)]
-    lines += ["  " + "  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -8,7 +8,8 @@ run_name = sys.argv[1]
 with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run_name}",
            tags={"kdpipe.run": run_name}) as s:
     from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import distill, format_rows
+    from kdpipe.mapping import format_rows
+    from kdpipe.pipeline import distill
 
     if run_name not in s.params.distill.runs:
         raise SystemExit(f"kdpipe distill: error: no run {run_name!r} under distill.runs in params.yaml")

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.mapping import MappingError, Strategy, build_mapping
-from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
+from kdpipe.mapping import Strategy
+from kdpipe.methods.base import Method, PredictionParams, prediction_losses, upcast
 from kdpipe.projections import width_map
 from kdpipe.taps import ModelOutputs, Needs, cls_vector
 
@@ -104,18 +104,14 @@ class AlpKD(Method):
     Params = AlpKDParams
     params: AlpKDParams
     teacher_cacheable = True  # logits and per-layer [CLS] vectors only
+    needs_shapes = True
     strategy: Strategy = "all"
     overlap = False
 
     def __init__(self, params: AlpKDParams, regression: bool, shapes=None):
         super().__init__(params, regression, shapes)
-        if shapes is None:
-            raise MethodConfigError(f"{self.name}: needs the student and teacher shapes (layers, width)")
         s, t = shapes.student, shapes.teacher
-        try:
-            self.mapping = build_mapping(self.strategy, s.layers, t.layers, overlap=self.overlap, param=self.name)
-        except MappingError as exc:
-            raise MethodConfigError(str(exc)) from exc
+        self.mapping = self.resolve_mapping(self.strategy, overlap=self.overlap, param=self.name)
         self.teacher_layers = sorted(self.mapping.teacher_layers)  # the J candidates, stacked in this order
         column = {layer: j for j, layer in enumerate(self.teacher_layers)}
         allowed = torch.zeros(len(self.mapping.student), len(self.teacher_layers), dtype=torch.bool)
@@ -144,9 +140,6 @@ class AlpKD(Method):
         entropy = {f"alp_entropy_s{layer}": attention_entropy(w.detach())
                    for layer, w in zip(self.mapping.student, weights, strict=True)}
         return {"loss": total, **parts, "alp": alp, **entropy}
-
-    def mapping_table(self) -> list[dict]:
-        return self.mapping.table()
 
 
 class AlpKDNonOverlap(AlpKD):

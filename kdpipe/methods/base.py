@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from kdpipe.mapping import LayerMap, MappingError, build_mapping
 from kdpipe.taps import ModelOutputs, Needs
 
 
@@ -66,14 +67,25 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     teacher_cacheable: ClassVar[bool] = False
     phases: ClassVar[tuple[str, ...]] = ("main",)
+    needs_shapes: ClassVar[bool] = False  # intermediate-layer methods resolve mappings from shapes
     student_needs: Needs = Needs()
     teacher_needs: Needs = Needs()
+    mapping: LayerMap | None = None
 
     def __init__(self, params: MethodParams, regression: bool, shapes: Shapes | None = None):
         super().__init__()
+        if self.needs_shapes and shapes is None:
+            raise MethodConfigError(f"{self.name}: needs the student and teacher shapes (layers, width, heads)")
         self.params, self.regression, self.shapes = params, regression, shapes
         self.phase = self.phases[0]
         self.epoch, self.step = 0, 0
+
+    def resolve_mapping(self, strategy, **kwargs) -> LayerMap:
+        """``build_mapping`` for this method's shapes; its errors become ``MethodConfigError``."""
+        try:
+            return build_mapping(strategy, self.shapes.student.layers, self.shapes.teacher.layers, **kwargs)
+        except MappingError as e:
+            raise MethodConfigError(str(e)) from e
 
     def losses(self, student: ModelOutputs, teacher: ModelOutputs | None,
                labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,8 +114,8 @@ class Method(nn.Module):
         return None
 
     def mapping_table(self) -> list[dict]:
-        """The resolved layer mapping as rows {"student_layer", "teacher_layers", ...}; [] if none."""
-        return []
+        """The resolved layer mapping (at the current epoch/step) as rows; [] without a mapping."""
+        return self.mapping.table(self.epoch, self.step) if self.mapping is not None else []
 
     def describe(self) -> dict:
         """What gets logged as this method's resolved settings."""

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.mapping import LayerMap, MappingError, build_mapping
 from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
 from kdpipe.taps import ModelOutputs, Needs, cls_vector
 
@@ -66,11 +65,10 @@ class PKD(Method):
     name = "pkd"
     Params = PKDParams
     teacher_cacheable = True  # logits + per-layer [CLS] vectors
+    needs_shapes = True
 
     def __init__(self, params: PKDParams, regression: bool, shapes=None):
         super().__init__(params, regression, shapes)
-        if shapes is None:
-            raise MethodConfigError("pkd: needs the student and teacher shapes to resolve its layer mapping")
         s, t = shapes.student, shapes.teacher
         if s.hidden != t.hidden:
             raise MethodConfigError(
@@ -81,7 +79,14 @@ class PKD(Method):
                 f"pkd: the student has {s.layers} layer(s); the patient loss supervises student layers "
                 f"1..L_S-1 (the last is covered by the logits), so it needs a student of at least 2 layers "
                 f"(or use vanilla_kd)")
-        self.mapping = _patient_mapping(params, s.layers, t.layers)
+        # student layers 1..L_S-1 <- the explicit teacher_layers, else the variant's rule
+        student = range(1, s.layers)
+        if params.teacher_layers is not None:
+            self.mapping = self.resolve_mapping("explicit", student_layers=student,
+                                                teacher_layers=params.teacher_layers, param="pkd.teacher_layers")
+        else:
+            self.mapping = self.resolve_mapping("uniform" if params.variant == "skip" else "last",
+                                                student_layers=student, param="pkd.variant")
         self.student_needs = Needs(hidden_states=True, layers=self.mapping.student_layers)
         self.teacher_needs = Needs(hidden_states=True, layers=self.mapping.teacher_layers)
 
@@ -96,29 +101,5 @@ class PKD(Method):
         total = p.ce_weight * parts["hard"] + p.kd_weight * parts["kd"] + p.beta * patient
         return {"loss": total, **parts, "patient": patient}
 
-    def mapping_table(self) -> list[dict]:
-        return self.mapping.table()
-
     def describe(self) -> dict:
         return {**super().describe(), "resolved_mapping": {str(s): ts[0] for s, ts in self.mapping.pairs()}}
-
-
-def _patient_mapping(params: PKDParams, student_depth: int, teacher_depth: int) -> LayerMap:
-    """Student layers 1..L_S-1 <- teacher layers by ``teacher_layers``, else by ``variant``."""
-    student = range(1, student_depth)
-    try:
-        if params.teacher_layers is not None:
-            return build_mapping("explicit", student_depth, teacher_depth, student_layers=student,
-                                 teacher_layers=params.teacher_layers, param="pkd.teacher_layers")
-        strategy = "uniform" if params.variant == "skip" else "last"
-        mapping = build_mapping(strategy, student_depth, teacher_depth, student_layers=student,
-                                param="pkd.variant")
-    except MappingError as e:
-        raise MethodConfigError(str(e)) from e
-    # A student deeper than its teacher maps some layers below teacher layer 1 (embeddings or less).
-    bad = sorted(s for s, ts in mapping.pairs() if ts[0] < 1)
-    if bad:
-        raise MethodConfigError(f"pkd.variant: {params.variant!r} maps student layers {bad} below teacher layer 1 "
-                                f"(student {student_depth} layers, teacher {teacher_depth}); set "
-                                f"pkd.teacher_layers explicitly")
-    return mapping

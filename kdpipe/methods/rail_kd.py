@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from kdpipe.mapping import MappingError, build_mapping
 from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
 from kdpipe.projections import projection
 from kdpipe.taps import ModelOutputs, Needs, mean_pooled
@@ -103,18 +102,13 @@ class _RailKD(Method):
 
     Params = RailKDParams
     params: RailKDParams
+    needs_shapes = True
 
     def __init__(self, params: RailKDParams, regression: bool, shapes=None):
         super().__init__(params, regression, shapes)
-        if shapes is None:
-            raise MethodConfigError(f"{self.name}: needs the student and teacher shapes (layers, width)")
         s, t = shapes.student, shapes.teacher
-        try:
-            self.mapping = build_mapping("random", s.layers, t.layers, resample=params.resample,
-                                         exclude_last=params.exclude_last, seed=params.seed,
-                                         param=f"{self.name}.exclude_last")
-        except MappingError as exc:
-            raise MethodConfigError(str(exc)) from exc
+        self.mapping = self.resolve_mapping("random", resample=params.resample, exclude_last=params.exclude_last,
+                                            seed=params.seed, param=f"{self.name}.exclude_last")
         self._began = False  # whether begin_step ran yet (for epoch_record with per-batch draws)
         self.student_needs = Needs(hidden_states=True, layers=self.mapping.student_layers)
         # the draw changes over training, so the teacher exposes its whole pool
@@ -172,9 +166,6 @@ class _RailKD(Method):
         step = self.step if (self._began and self.epoch == epoch) else self.step + int(self._began)
         return {"teacher_layers": self.mapping.draw(epoch, step), "teacher_layers_step": step,
                 "teacher_layers_note": "re-drawn every batch; this is the draw of the epoch's first step"}
-
-    def mapping_table(self) -> list[dict]:
-        return self.mapping.table(self.epoch, self.step)
 
     def describe(self) -> dict:
         return {**super().describe(), "teacher_pool": list(self.mapping.pool), "projection_dim_used": self.dim}

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from kdpipe.mapping import MappingError, build_mapping
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_loss, upcast
 from kdpipe.projections import projection
 from kdpipe.taps import ModelOutputs, Needs
@@ -96,11 +95,10 @@ class TinyBERT(Method):
     name = "tinybert"
     Params = TinyBERTParams
     phases = ("ild", "pred")
+    needs_shapes = True
 
     def __init__(self, params: TinyBERTParams, regression: bool, shapes=None):
         super().__init__(params, regression, shapes)
-        if shapes is None:
-            raise MethodConfigError("tinybert: needs the student and teacher shapes to resolve its layer mapping")
         s, t = shapes.student, shapes.teacher
         if params.attention_weight == 0 and params.hidden_weight == 0:
             raise MethodConfigError("tinybert.attention_weight, tinybert.hidden_weight: both are 0, so the ild "
@@ -109,15 +107,9 @@ class TinyBERT(Method):
             raise MethodConfigError(
                 f"tinybert.attention_weight: the attention loss compares every head, but the student has "
                 f"{s.heads} heads and the teacher {t.heads}; set attention_weight: 0 or match the head counts")
-        try:  # embeddings <- embeddings, then student layer i <- teacher layer g(i)
-            self.mapping = build_mapping(params.mapping, s.layers, t.layers, include_embeddings=True,
-                                         param="tinybert.mapping")
-        except MappingError as e:
-            raise MethodConfigError(str(e)) from e
-        bad = sorted(i for i, ts in self.mapping.pairs() if i > 0 and ts[0] < 1)
-        if bad:
-            raise MethodConfigError(f"tinybert.mapping: {params.mapping!r} maps student layers {bad} below teacher "
-                                    f"layer 1 (student {s.layers} layers, teacher {t.layers})")
+        # embeddings <- embeddings, then student layer i <- teacher layer g(i); a student deeper
+        # than its teacher is refused by the mapping itself
+        self.mapping = self.resolve_mapping(params.mapping, include_embeddings=True, param="tinybert.mapping")
         trainable = params.hidden_projection == "trainable" or s.hidden != t.hidden
         # W_h: a submodule, so it trains in the method's parameter group and is never exported.
         self.fit_dense = projection(s.hidden, t.hidden, "trainable" if trainable else "identity")
@@ -181,9 +173,6 @@ class TinyBERT(Method):
                     self.fit_dense(student.hidden_states[s]), teacher.hidden_states[t].detach(), mask)
         total = p.attention_weight * attention + p.hidden_weight * hidden
         return {"loss": total, "attention": attention, "hidden": hidden}
-
-    def mapping_table(self) -> list[dict]:
-        return self.mapping.table()
 
     def describe(self) -> dict:
         return {**super().describe(), "resolved_mapping": {str(s): t for s, t in self.layer_pairs},
