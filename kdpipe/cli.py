@@ -98,7 +98,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         export_file = args.metrics_dir / "export" / f"{name}.json"
         export = json.loads(export_file.read_text()) if export_file.exists() else {}
         int8 = export.get("int8", {})
-        rows.append([name, r.get("method", "-"), r["layers"], f"{r['parameters'] / 1e6:.1f}",
+        # an SPS student runs its physical layers twice: "6 (3 shared)"
+        layers = r["layers"] if r.get("physical_layers", r["layers"]) == r["layers"] \
+            else f"{r['layers']} ({r['physical_layers']} shared)"
+        rows.append([name, r.get("method", "-"), layers, f"{r['parameters'] / 1e6:.1f}",
                      _fmt(r["dev"][main]), _fmt(r.get("test", {}).get(main)),
                      _fmt(r.get("retention_pct", {}).get("dev"), 1),
                      *[_fmt(r["latency_ms"][b], 1) for b in batches],

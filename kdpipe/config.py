@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,7 @@ class TrainConfig(Strict):
     eval_every: int = Field(default=0, ge=0)  # steps; 0 = at the end of every epoch
     log_every: int = Field(default=10, gt=0)
     select: Literal["best", "last"] = "best"
+    select_by: Literal["main_metric", "loss"] = "main_metric"  # what "best" means on dev
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(default=50, gt=0)  # steps between resumable checkpoints
 
@@ -78,11 +79,30 @@ class TeacherConfig(Strict):
 LayerChoice = Union[Literal["uniform", "first", "last"], list[int]]
 
 
+class SPSConfig(Strict):
+    """Shuffled Parameter Sharing (Pea-KD): L physical layers run as 2L (kdpipe/sps.py)."""
+
+    shuffle: Literal["upper_swap", "none", "random_per_step"] = "upper_swap"
+
+
 class StudentConfig(Strict):
-    num_layers: int = Field(default=3, gt=0)
+    num_layers: int = Field(default=3, gt=0)  # physical layers (an SPS student runs twice as many)
     # Which teacher layers (0-based) initialise the student's layers.
     layers: LayerChoice = "uniform"
-    init_from: Literal["teacher", "pretrained"] = "teacher"
+    # teacher: the fine-tuned teacher's layers and head; pretrained: the teacher's base checkpoint
+    # with a fresh head; ptp: the encoder the ptp stage trained (Pea-KD), with a fresh head.
+    init: Literal["teacher", "pretrained", "ptp"] = Field(
+        default="teacher", validation_alias=AliasChoices("init", "init_from"))
+    sps: SPSConfig | None = None  # {} or {shuffle: ...} turns SPS on; null = a plain student
+
+    @field_validator("sps", mode="before")
+    @classmethod
+    def _sps_flag(cls, v):
+        return {} if v is True else (None if v is False else v)
+
+    @property
+    def effective_layers(self) -> int:
+        return self.num_layers * (2 if self.sps else 1)
 
     @model_validator(mode="after")
     def _layers_match_depth(self):
@@ -101,6 +121,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     method: str
     train: dict[str, Any] = Field(default_factory=dict)
+    student: dict[str, Any] = Field(default_factory=dict)  # overrides of the `student` section
     # Multi-phase methods (tinybert: ild, pred): train overrides per phase, on top of `train`.
     phases: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -150,6 +171,19 @@ class ExportConfig(Strict):
     int8_max_drop: float = Field(default=0.02, ge=0)
 
 
+class PTPConfig(Strict):
+    """Pretraining with Teacher's Predictions (Pea-KD, stage ``ptp``): the student learns which of
+    4 classes the teacher's prediction falls in (right/wrong x confident/not) before distillation.
+    Thresholds: ``t1`` splits correct predictions, ``t2`` wrong ones, by the teacher's max softmax
+    probability; None = the Pea-KD code's value for the task, else chosen from the teacher's
+    confidences (t1: 75th percentile over correct, t2: median over wrong)."""
+
+    t1: float | None = Field(default=None, gt=0, lt=1)
+    t2: float | None = Field(default=None, gt=0, lt=1)
+    init: Literal["pretrained", "teacher"] = "pretrained"  # Pea-KD starts PTP from pre-trained layers
+    train: TrainConfig = TrainConfig(epochs=4, lr=2e-5, select_by="loss")
+
+
 class TrackingConfig(Strict):
     experiment: str = "kdpipe"
     enabled: bool = True
@@ -161,6 +195,7 @@ class Params(Strict):
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    ptp: PTPConfig = PTPConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
@@ -180,6 +215,19 @@ class Params(Strict):
             return TrainConfig(**merged)
         except ValidationError as e:
             raise ConfigError(_format(e, where, "params.yaml")) from None
+
+
+    def run_student(self, run_name: str) -> StudentConfig:
+        """The student of run ``run_name``: the ``student`` section, then the method's preset
+        (pea_kd: PTP init and SPS), then the run's own ``student:`` overrides."""
+        from kdpipe.methods import METHODS  # lazy: the registry imports torch
+
+        run = self.distill.runs[run_name]
+        merged = {**self.student.model_dump(), **METHODS[run.method].student_defaults, **run.student}
+        try:
+            return StudentConfig(**merged)
+        except ValidationError as e:
+            raise ConfigError(_format(e, f"distill.runs.{run_name}.student", "params.yaml")) from None
 
 
 def _format(err: ValidationError, prefix: str, source: str) -> str:
@@ -232,6 +280,7 @@ def _check_runs(params: Params, source: str) -> None:
             raise ConfigError(f"{source}: distill.runs.{name}.phases: {run.method} has no phase {unknown[0]!r} "
                               f"(its phases: {', '.join(cls.phases)})")
         params.run_train_config(name)
+        params.run_student(name)
         for phase in run.phases:
             params.run_train_config(name, phase)
 

@@ -10,6 +10,7 @@ again continues from its last checkpoint with the same data order and RNG state.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections import defaultdict
@@ -33,6 +34,17 @@ from kdpipe.methods.base import Method
 from kdpipe.metrics import is_better
 from kdpipe.taps import ModelOutputs, run_model
 from kdpipe.tasks import TaskSpec
+
+
+class _DropSharedTensorNote(logging.Filter):
+    """Accelerate warns on every checkpoint of a model with shared tensors (SPS students) that it
+    saved each tensor once; that is the intent, and reloading is tested (tests/test_engine.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_DropSharedTensorNote())
 
 
 class MetricLogger(Protocol):
@@ -156,7 +168,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
                              accelerator.gather_for_metrics)
         dev_curve.append({"step": at_step, **dev})
         logger.log_metrics({f"dev/{k}": v for k, v in dev.items()}, at_step)
-        if best["step"] < 0 or is_better(spec, dev[spec.main_metric], best["dev"][spec.main_metric]):
+        if best["step"] < 0 or _improves(spec, cfg, dev, best["dev"]):
             best.update(step=at_step, dev=dev)
             _save_weights(accelerator, student, ckpt / "best")
             accelerator.wait_for_everyone()
@@ -246,6 +258,13 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     return TrainResult(selected=selected, best_step=best["step"], best_dev=best["dev"], last_dev=last_dev,
                        train_curve=train_curve, dev_curve=dev_curve, resumed_from_step=resumed_from,
                        epoch_records=epoch_records)
+
+
+def _improves(spec: TaskSpec, cfg: TrainConfig, dev: dict, best: dict) -> bool:
+    """Whether ``dev`` beats the best so far by ``cfg.select_by`` (ties keep the earlier)."""
+    if cfg.select_by == "loss":
+        return dev["loss"] < best["loss"] or (math.isnan(best["loss"]) and not math.isnan(dev["loss"]))
+    return is_better(spec, dev[spec.main_metric], best[spec.main_metric])
 
 
 def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None, teacher_cache,

@@ -69,7 +69,13 @@ def load_classifier(path: str | Path, num_labels: int | None = None, problem: st
         kwargs["num_labels"] = num_labels
         kwargs["problem_type"] = ("regression" if problem == "regression"
                                   else "single_label_classification")
-    return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    settings = getattr(model.config, "kdpipe_sps", None)
+    if settings:  # saved as its L physical layers: share them again as 2L
+        from kdpipe.sps import apply_sps
+        delattr(model.config, "kdpipe_sps")
+        apply_sps(model, settings["shuffle"])
+    return model
 
 
 def load_tokenizer(path: str | Path):
@@ -143,15 +149,46 @@ def build_student(source: PreTrainedModel, layers: Sequence[int]) -> PreTrainedM
     return student
 
 
+def with_new_head(model: PreTrainedModel, labels: Sequence[str] | None, problem: str | None = None) -> PreTrainedModel:
+    """A model of the same class whose encoder (everything under ``base_model_prefix``) is
+    ``model``'s and whose task head is freshly initialised for ``labels`` (None: regression).
+    Draws from torch's RNG: seed first.  Not for SPS models (apply SPS afterwards)."""
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1 if labels is None else len(labels)
+    config.problem_type = "regression" if problem == "regression" else "single_label_classification"
+    config.id2label = {i: str(i) for i in range(config.num_labels)} if labels is None else dict(enumerate(labels))
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    fresh = type(model)(config)
+    load_encoder(fresh, model.state_dict())
+    return fresh
+
+
+def load_encoder(model: PreTrainedModel, state: dict, source: str = "model") -> None:
+    """Copy the encoder part of ``state`` (keys under ``base_model_prefix``; the head is left
+    as it is) into ``model``'s physical layers.  Every encoder weight must be there."""
+    prefix = model.base_model_prefix + "."
+    encoder_state = {k: v for k, v in state.items() if k.startswith(prefix)}
+    from kdpipe.sps import physical_state_dict
+    wanted = [k for k in physical_state_dict(model) if k.startswith(prefix)]
+    missing = sorted(set(wanted) - set(encoder_state))
+    if missing:
+        raise ModelError(f"{source}: encoder weights missing: {missing[:3]}{' ...' if len(missing) > 3 else ''} "
+                         f"(a different architecture or depth?)")
+    model.load_state_dict(encoder_state, strict=False)
+
+
 def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters: an SPS model's shared layers count once."""
     return sum(p.numel() for p in model.parameters())
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: str | Path, extra: dict | None = None) -> None:
-    """save_pretrained (safetensors) + tokenizer + an optional ``kdpipe.json`` of metadata."""
+    """save_pretrained (safetensors) + tokenizer + an optional ``kdpipe.json`` of metadata.
+    An SPS model is saved as its physical layers (see ``kdpipe.sps``)."""
+    from kdpipe.sps import physical_state_dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=physical_state_dict(model))
     tokenizer.save_pretrained(folder)
     if extra is not None:
         (folder / "kdpipe.json").write_text(json.dumps(extra, indent=2))

@@ -17,15 +17,17 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from kdpipe.artifacts import atomic_dir, write_csv, write_json
-from kdpipe.config import ConfigError, Params
+from kdpipe.config import ConfigError, Params, StudentConfig
 from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
 from kdpipe.engine import TrainResult, is_main_process, train
 from kdpipe.evaluation import evaluate_split, torch_latency
 from kdpipe.mapping import format_rows
 from kdpipe.methods import METHODS, MethodConfigError, ModelShape, Shapes, build_method
 from kdpipe.methods.base import FineTune, MethodParams
-from kdpipe.models import (build_student, count_parameters, load_classifier, load_tokenizer, model_file_bytes,
-                           num_layers, resolve_model_path, save_model, select_layers)
+from kdpipe.models import (ModelError, build_student, count_parameters, load_classifier, load_encoder,
+                           load_tokenizer, model_file_bytes, num_layers, resolve_model_path, save_model,
+                           select_layers, with_new_head)
+from kdpipe.sps import apply_sps, physical_layers, sps_settings
 from kdpipe.tasks import TaskSpec, load_task
 
 
@@ -46,6 +48,11 @@ def preflight(params: Params) -> None:
     select_layers(depth, params.student.num_layers, params.student.layers)
     # Mappings, widths and head counts of every run, against the real shapes (cheap: no weights).
     for run_name in params.distill.runs:
+        student = params.run_student(run_name)
+        try:
+            select_layers(depth, student.num_layers, student.layers)
+        except ModelError as e:
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
         build_run_method(params, run_name, config, regression=problem == "regression")
 
 
@@ -133,24 +140,72 @@ def _read_meta(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "kdpipe.json").read_text())
 
 
-def make_student(params: Params, teacher: torch.nn.Module, teacher_dir: Path) -> tuple[torch.nn.Module, list[int]]:
-    """The student: teacher layers chosen by ``student.layers`` (from the fine-tuned teacher, or
-    from the teacher's pre-trained checkpoint with a fresh head when ``init_from: pretrained``)."""
-    layers = select_layers(num_layers(teacher), params.student.num_layers, params.student.layers)
-    source = teacher
-    set_seed(params.seed)
-    if params.student.init_from == "pretrained":
+def make_student(params: Params, student_cfg: StudentConfig, teacher: torch.nn.Module, teacher_dir: Path,
+                 ptp_dir: Path | None = None, echo=print) -> tuple[torch.nn.Module, list[int]]:
+    """The student of ``student_cfg``: teacher layers chosen by ``layers``, taken from the
+    fine-tuned teacher (``init: teacher``, head included), from the teacher's pre-trained
+    checkpoint (``pretrained``, fresh head) or from the ptp stage's encoder (``ptp``, fresh head);
+    then SPS when ``sps`` is set."""
+    layers = select_layers(num_layers(teacher), student_cfg.num_layers, student_cfg.layers)
+    set_seed(params.seed)  # fresh heads are drawn from the RNG
+    init = student_cfg.init
+    ptp_source = None
+    if init == "ptp":
+        ptp_source = _ptp_student_dir(ptp_dir, student_cfg, echo)
+        init = "teacher" if ptp_source is None else init
+    if init == "pretrained":
         base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
         source = load_classifier(base, teacher.config.num_labels,
                                  "regression" if teacher.config.problem_type == "regression" else None)
         source.config.id2label, source.config.label2id = teacher.config.id2label, teacher.config.label2id
-    return build_student(source, layers), layers
+        student = build_student(source, layers)
+    else:
+        student = build_student(teacher, layers)
+    if ptp_source is not None:  # Pea-KD: the PTP encoder, a fresh task head (the 4-way head is dropped)
+        labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+        student = with_new_head(student, labels)
+        from safetensors.torch import load_file
+        load_encoder(student, load_file(str(ptp_source / "model.safetensors")), source=str(ptp_source))
+        student.config.kdpipe_init = f"ptp:{ptp_source.name}"
+    if student_cfg.sps:
+        apply_sps(student, student_cfg.sps.shuffle)
+    return student, layers
 
 
-def method_shapes(params: Params, teacher_config) -> Shapes:
-    """Student and teacher geometry: the student is the teacher's width and heads, fewer layers."""
+def _ptp_student_dir(ptp_dir: Path | None, student_cfg: StudentConfig, echo) -> Path | None:
+    """The ptp stage's encoder for this student; None (start from teacher layers) where the
+    stage skipped PTP (regression).  A missing encoder otherwise is an error."""
+    meta_file = Path(ptp_dir or "models/ptp") / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file}: student.init is ptp but the ptp stage has not run (dvc repro ptp)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("skipped"):
+        echo(f"student.init: ptp ignored ({meta['skipped']}); the student starts from the teacher's layers")
+        return None
+    name = ptp_student_name(student_cfg)
+    if name not in meta.get("students", {}):
+        raise FileNotFoundError(f"{meta_file}: no PTP student {name!r} (trained: {sorted(meta.get('students', {}))}); "
+                                f"re-run the ptp stage (dvc repro ptp)")
+    return meta_file.parent / name
+
+
+def _ptp_init_dir(student, ptp_dir: Path | None) -> Path | None:
+    init = getattr(student.config, "kdpipe_init", "")
+    return Path(ptp_dir or "models/ptp") / init.split(":", 1)[1] if init.startswith("ptp:") else None
+
+
+def ptp_student_name(student_cfg: StudentConfig) -> str:
+    """Folder name of the PTP student for this architecture (depth, layer choice, SPS mode)."""
+    layers = student_cfg.layers if isinstance(student_cfg.layers, str) else "-".join(map(str, student_cfg.layers))
+    sps = f"sps-{student_cfg.sps.shuffle}" if student_cfg.sps else "plain"
+    return f"L{student_cfg.num_layers}_{layers}_{sps}"
+
+
+def method_shapes(student_cfg: StudentConfig, teacher_config) -> Shapes:
+    """Student and teacher geometry: the student is the teacher's width and heads, fewer layers
+    (an SPS student counts its effective 2L layers: mappings see every pass)."""
     teacher = ModelShape.of(teacher_config)
-    return Shapes(student=ModelShape(params.student.num_layers, teacher.hidden, teacher.heads), teacher=teacher)
+    return Shapes(student=ModelShape(student_cfg.effective_layers, teacher.hidden, teacher.heads), teacher=teacher)
 
 
 def build_run_method(params: Params, run_name: str, teacher_config, regression: bool):
@@ -160,7 +215,8 @@ def build_run_method(params: Params, run_name: str, teacher_config, regression: 
     if "seed" in METHODS[run.method].Params.model_fields:
         method_params.setdefault("seed", params.seed)  # RAIL-KD's layer draws follow the pipeline seed
     try:
-        return build_method(run.method, method_params, regression, method_shapes(params, teacher_config))
+        return build_method(run.method, method_params, regression,
+                            method_shapes(params.run_student(run_name), teacher_config))
     except MethodConfigError as e:
         raise ConfigError(f"params.yaml: distill.runs.{run_name} ({run.method}): {e}") from None
 
@@ -192,7 +248,7 @@ def _open_cache(params: Params, cache_dir: Path | None, teacher_dir: Path, data_
 
 def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
             checkpoint_dir: Path, plots_dir: Path, logger=None, teacher_cache_dir: Path | None = None,
-            echo=print) -> dict:
+            ptp_dir: Path | None = None, echo=print) -> dict:
     """Distil one student with run ``run_name``; every phase of the method in turn, each starting
     from the student the previous phase selected.  ``teacher_cache_dir`` (the teacher_outputs
     stage's folder) replaces the live teacher where the method's teacher signal is cached."""
@@ -201,7 +257,8 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     regression = spec.problem == "regression"
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
-    student, layers = make_student(params, teacher, teacher_dir)
+    student_cfg = params.run_student(run_name)
+    student, layers = make_student(params, student_cfg, teacher, teacher_dir, ptp_dir, echo)
     method = build_run_method(params, run_name, teacher.config, regression)
     table = method.mapping_table()
     if table:
@@ -212,8 +269,9 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     teacher_encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
     phases, results = method.phases, {}
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
-    inputs = _fingerprint("distill", run_name, run.model_dump(), params.student.model_dump(), params.seed,
-                          params.max_length, data_dir, teacher_dir)
+    inputs = _fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), params.seed,
+                          params.max_length, data_dir, teacher_dir,
+                          _ptp_init_dir(student, ptp_dir))
     for phase in phases:
         method.set_phase(phase)
         cfg = params.run_train_config(run_name, phase, method.phase_train(phase))
@@ -235,6 +293,9 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
         results[phase] = (result, cfg, cached)
     final = results[phases[-1]][0]
     summary = {**_summary(final, spec), "method": run.method, "init_layers": layers,
+               "student": {**student_cfg.model_dump(), "init_source": getattr(student.config, "kdpipe_init", None)
+                           or ("teacher" if student_cfg.init == "ptp" else student_cfg.init),
+                           "effective_layers": num_layers(student), "parameters": count_parameters(student)},
                "teacher_signal": {p: "cache" if c else ("live" if method.needs_teacher else "none")
                                   for p, (_, _, c) in results.items()}}
     if len(phases) > 1:
@@ -296,6 +357,110 @@ def _merge_phases(results: dict[str, TrainResult]) -> TrainResult:
                        last_dev=last.last_dev, train_curve=train_curve, dev_curve=dev_curve)
 
 
+# ----------------------------------------------------------------------------------------- ptp
+def ptp_students(params: Params) -> dict[str, StudentConfig]:
+    """The PTP students the runs ask for (``student.init: ptp``), one per architecture."""
+    students = {}
+    for run_name in params.distill.runs:
+        cfg = params.run_student(run_name)
+        if cfg.init == "ptp":
+            students.setdefault(ptp_student_name(cfg), cfg)
+    return students
+
+
+def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Path, checkpoint_dir: Path,
+                 logger=None, echo=print) -> dict:
+    """Stage ``ptp`` (Pea-KD): label train and dev with the teacher's PTP classes, then train one
+    student per architecture the runs need on those labels (CE, best dev loss) and save it;
+    ``make_student`` later keeps its encoder and drops the 4-way head."""
+    from kdpipe import ptp
+
+    spec, sets = _datasets(data_dir)
+    students = ptp_students(params)
+    meta: dict = {"students": {}}
+    if spec.problem == "regression":
+        meta["skipped"] = f"task {spec.name} is regression: PTP needs right/wrong teacher predictions"
+    elif not students:
+        meta["skipped"] = "no run has student.init: ptp"
+    if "skipped" in meta:
+        echo(f"ptp: skipped ({meta['skipped']})")
+        if is_main_process():
+            with atomic_dir(out_dir) as tmp:
+                write_json(tmp / "meta.json", meta)
+        return meta
+    teacher = load_classifier(teacher_dir)
+    tokenizer = load_tokenizer(teacher_dir)
+    collator = DistillCollator(Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length),
+                               None, False)
+    from kdpipe.evaluation import predict
+    predictions = {split: predict(teacher, DataLoader(sets[split], batch_size=64, collate_fn=collator))[:2]
+                   for split in ("train", "dev")}
+    logits, labels = predictions["train"]
+    thresholds = ptp.resolve_thresholds(params.ptp.t1, params.ptp.t2, spec.name, logits, labels)
+    ptp_sets, histograms = {}, {}
+    for split, (z, y) in predictions.items():
+        classes = ptp.ptp_labels(z, y, thresholds["t1"], thresholds["t2"])
+        histograms[split] = ptp.class_histogram(classes)
+        frame = load_splits(data_dir)[1][split].assign(label=classes)
+        ptp_sets[split] = TextDataset(frame)
+    empty = sorted({name for h in histograms.values() for name, n in h.items() if n == 0})
+    meta.update(thresholds=thresholds, histogram=histograms, empty_classes=empty)
+    echo(format_rows([{"split": split, **h} for split, h in histograms.items()],
+                     f"ptp: classes at t1={thresholds['t1']} ({thresholds['t1_source']}), "
+                     f"t2={thresholds['t2']} ({thresholds['t2_source']})"))
+    if empty:
+        echo(f"ptp: warning: empty PTP class(es) {', '.join(empty)}: the student never sees them "
+             f"(set ptp.t1 / ptp.t2 to rebalance)")
+    ptp_spec = TaskSpec(name=f"{spec.name}-ptp", problem="classification", labels=ptp.PTP_CLASSES,
+                        num_text_fields=spec.num_text_fields, metrics=("accuracy",), main_metric="accuracy")
+    base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
+    trained = {}
+    for name, student_cfg in students.items():
+        student = _ptp_initial_student(params, student_cfg, teacher, base)
+        result = _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teacher_dir, data_dir,
+                                    thresholds, checkpoint_dir / name, logger)
+        trained[name] = (student, student_cfg, result)
+        meta["students"][name] = {**_summary(result, ptp_spec), "parameters": count_parameters(student),
+                                  "effective_layers": num_layers(student)}
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            for name, (student, student_cfg, result) in trained.items():
+                save_model(student, tokenizer, tmp / name, extra={
+                    "role": "ptp", "student": student_cfg.model_dump(), "task": ptp_spec.to_dict(),
+                    "thresholds": thresholds, "training": _summary(result, ptp_spec)})
+            write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def _ptp_initial_student(params: Params, student_cfg: StudentConfig, teacher, base: str):
+    """The student PTP starts from: ``ptp.init`` layers (pre-trained, as Pea-KD, or the
+    fine-tuned teacher's), a fresh 4-way head, then SPS when the architecture has it."""
+    from kdpipe.ptp import PTP_CLASSES
+
+    layers = select_layers(num_layers(teacher), student_cfg.num_layers, student_cfg.layers)
+    set_seed(params.seed)
+    source = teacher if params.ptp.init == "teacher" else load_classifier(base, len(PTP_CLASSES))
+    student = with_new_head(build_student(source, layers), PTP_CLASSES)
+    if student_cfg.sps:
+        apply_sps(student, student_cfg.sps.shuffle)
+    return student
+
+
+def _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teacher_dir, data_dir, thresholds,
+                       checkpoint_dir: Path, logger) -> TrainResult:
+    """Train one PTP student (or reuse its finished training when nothing it depends on changed:
+    the stage re-runs whenever any run changes, since it reads ``distill.runs``)."""
+    fingerprint = _fingerprint("ptp", name, params.ptp.model_dump(), thresholds, params.seed, params.max_length,
+                               data_dir, teacher_dir)
+    result = _finished_phase(checkpoint_dir, fingerprint, student)
+    if result is None:
+        result = train(student, FineTune(MethodParams(), regression=False), ptp_spec, ptp_sets["train"],
+                       ptp_sets["dev"], collator, params.ptp.train, seed=params.seed, checkpoint_dir=checkpoint_dir,
+                       fingerprint=fingerprint, logger=_PhaseLogger(logger, name), desc=f"ptp/{name}")
+        _mark_phase_done(checkpoint_dir, fingerprint, result)
+    return result
+
+
 # ------------------------------------------------------------------------------------ evaluate
 def latency_inputs(dataset: TextDataset, encoder: Encoder, batch_size: int) -> dict[str, torch.Tensor]:
     """A real batch of ``batch_size`` dev examples (repeated if dev is smaller), padded to its longest."""
@@ -315,7 +480,10 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
             loader = DataLoader(sets[split], batch_size=64, collate_fn=collator)
             report[split] = evaluate_split(model, loader, spec)
     report["parameters"] = count_parameters(model)
-    report["layers"] = num_layers(model)
+    report["layers"] = num_layers(model)  # effective: an SPS model runs its physical layers twice
+    report["physical_layers"] = physical_layers(model)
+    if sps_settings(model):
+        report["sps"] = sps_settings(model)["shuffle"]
     report["size_mb"] = round(model_file_bytes(model_dir) / 2**20, 2)
     ev = params.evaluate
     report["latency_ms"] = {

@@ -15,10 +15,12 @@ with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run
         raise SystemExit(f"kdpipe distill: error: no run {run_name!r} under distill.runs in params.yaml")
     run = s.params.distill.runs[run_name]
     s.tracker.set_tags({"kdpipe.method": run.method})
-    s.tracker.log_params({"run": run.model_dump(), "train": s.params.run_train_config(run_name).model_dump()})
+    s.tracker.log_params({"run": run.model_dump(), "train": s.params.run_train_config(run_name).model_dump(),
+                          "run_student": s.params.run_student(run_name).model_dump()})
     summary = distill(s.params, run_name, s.path("data/prepared"), s.path("models/teacher"),
                       s.path(f"models/students/{run_name}"), s.path(f"checkpoints/distill/{run_name}"),
-                      s.path("plots"), logger=s.tracker, teacher_cache_dir=s.path("data/teacher_outputs"))
+                      s.path("plots"), logger=s.tracker, teacher_cache_dir=s.path("data/teacher_outputs"),
+                      ptp_dir=s.path("models/ptp"))
     if s.is_main:
         write_json(s.path(f"metrics/distill/{run_name}.json"), summary)
     s.tracker.log_metrics({"best_dev": summary["best_dev"], "last_dev": summary["last_dev"]})

@@ -23,7 +23,7 @@ def test_unknown_key_is_named_with_its_path_and_a_suggestion():
 
 def test_unknown_method_lists_known_ones():
     with pytest.raises(ConfigError, match=r"distill\.runs\.x\.method: unknown method 'vanila_kd'.*"
-                                          r"did you mean 'vanilla_kd'.*known: alp_kd, .*finetune, pkd, .*vanilla_kd"):
+                                          r"did you mean 'vanilla_kd'.*known: alp_kd, .*finetune, pea_kd, pkd, .*"):
         parse_params({"distill": {"runs": {"x": {"method": "vanila_kd"}}}})
 
 
@@ -80,3 +80,47 @@ def test_preflight_rejects_mappings_that_cannot_fit_the_models(student_layers, r
     params = parse_params({"student": {"num_layers": student_layers}, "distill": {"runs": {"bad": run}}})
     with pytest.raises(ConfigError, match=message):
         preflight(params)
+
+
+def test_student_init_and_sps_spellings():
+    params = parse_params({"student": {"init_from": "pretrained", "sps": True}})  # init_from: the old name
+    assert params.student.init == "pretrained" and params.student.sps.shuffle == "upper_swap"
+    assert params.student.effective_layers == 6
+    assert parse_params({"student": {"sps": False}}).student.sps is None
+    with pytest.raises(ConfigError, match=r"student\.sps\.shuffle"):
+        parse_params({"student": {"sps": {"shuffle": "sideways"}}})
+
+
+def test_pea_kd_preset_student_and_run_overrides():
+    params = parse_params({"student": {"num_layers": 2}, "distill": {"runs": {
+        "pea": {"method": "pea_kd"},
+        "no_sps": {"method": "pea_kd", "student": {"sps": None}},
+        "no_ptp": {"method": "pea_kd", "student": {"init": "teacher"}},
+        "kd_ptp": {"method": "vanilla_kd", "student": {"init": "ptp", "num_layers": 3}}}}})
+    pea = params.run_student("pea")
+    assert (pea.num_layers, pea.init, pea.sps.shuffle) == (2, "ptp", "upper_swap")  # preset over `student`
+    assert params.run_student("no_sps").sps is None and params.run_student("no_ptp").init == "teacher"
+    assert params.run_student("kd_ptp").num_layers == 3 and params.run_student("kd_ptp").sps is None
+    method = params.distill.runs["pea"]
+    assert method.method_params == {}  # `student:` is not a method param
+
+
+def test_bad_run_student_override_names_the_run():
+    with pytest.raises(ConfigError, match=r"distill\.runs\.p\.student\.init"):
+        parse_params({"distill": {"runs": {"p": {"method": "pea_kd", "student": {"init": "ptpp"}}}}})
+    with pytest.raises(ConfigError, match=r"ptp\.t1"):
+        parse_params({"ptp": {"t1": 1.5}})
+
+
+def test_preflight_maps_an_sps_student_with_its_effective_depth(minilm_path):
+    from kdpipe.pipeline import build_run_method, preflight
+    from transformers import AutoConfig
+    params = parse_params({"distill": {"runs": {"pea": {"method": "pea_kd"}, "bad": {
+        "method": "pkd", "teacher_layers": [2, 4], "student": {"sps": True}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.bad \(pkd\).*teacher_layers"):
+        preflight(params)  # 6 effective layers: 5 patient layers, not 2
+    pea = build_run_method(params, "pea", AutoConfig.from_pretrained(minilm_path), regression=False)
+    assert [ts[0] for _, ts in pea.mapping.pairs()] == [1, 2, 3, 4, 5]
+    assert (pea.params.ce_weight, pea.params.kd_weight, pea.params.temperature, pea.params.beta) == (0.3, 0.7, 10, 100)
+    with pytest.raises(ConfigError, match=r"distill\.runs\.deep.*num_layers: 7"):
+        preflight(parse_params({"distill": {"runs": {"deep": {"method": "finetune", "student": {"num_layers": 7}}}}}))

@@ -59,9 +59,8 @@ def dvc(*args: str, root: Path) -> str:
     return sh([sys.executable, "-m", "dvc", *args], root)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project in ``root``: this repo's pipeline and package, and ``params``."""
     for item in ("dvc.yaml", "stages", ".dvc/config", ".gitignore"):
         src = REPO / item
         dst = root / item
@@ -70,11 +69,17 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
             else shutil.copy(src, dst)
     # The stages' code deps (kdpipe/*.py) are part of the pipeline: copy the package too.
     shutil.copytree(REPO / "kdpipe", root / "kdpipe", ignore=shutil.ignore_patterns("__pycache__"))
-    runs = {"finetune": {"method": "finetune"}, "kd": {"method": "vanilla_kd", "temperature": 2.0, "alpha": 0.5}}
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue_dir, "rte", runs)))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     sh(["git", "init", "-q"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
+    runs = {"finetune": {"method": "finetune"}, "kd": {"method": "vanilla_kd", "temperature": 2.0, "alpha": 0.5}}
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_params(glue_dir, "rte", runs))
     out = dvc("repro", root=root)
     return root, out
 

@@ -6,13 +6,10 @@ comparing them all."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-import yaml
 
-from conftest import REPO
-from test_e2e import dvc, sh, tiny_params
+from test_e2e import dvc, make_project, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -31,19 +28,9 @@ CACHED = {"pkd", "pkd_last", "rail_l", "rail_c", "alp", "alp_no", "alp_po"}
 
 @pytest.fixture(scope="module")
 def methods_project(tmp_path_factory, glue_dir, minilm_path):
-    root = tmp_path_factory.mktemp("methods")
-    for item in ("dvc.yaml", "stages", ".dvc/config", ".gitignore"):
-        src, dst = REPO / item, root / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() \
-            else shutil.copy(src, dst)
-    shutil.copytree(REPO / "kdpipe", root / "kdpipe", ignore=shutil.ignore_patterns("__pycache__"))
     params = tiny_params(glue_dir, "mrpc", RUNS)
     params["student"]["num_layers"] = 3  # 6 -> 3: PKD has two intermediate layers, RAIL draws 3 of 6
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    sh(["git", "init", "-q"], root)
-    sh(["git", "add", "-A"], root)
-    sh(["git", "commit", "-qm", "init"], root)
+    root = make_project(tmp_path_factory.mktemp("methods"), params)
     out = dvc("repro", "evaluate", root=root)  # exports are method-independent: test_e2e covers them
     return root, out
 

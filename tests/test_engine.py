@@ -34,9 +34,12 @@ def setup(tokenizer):
 
 
 def run(setup, tmp_path, *, method="vanilla_kd", teacher=True, stop=None, fingerprint="f", method_params=None,
-        teacher_layers=2, return_method=False, **cfg):
+        teacher_layers=2, return_method=False, sps=None, **cfg):
     train_set, dev_set, collator = setup
     student = tiny_bert(num_labels=2, layers=2, seed=1)
+    if sps:
+        from kdpipe.sps import apply_sps
+        apply_sps(student, sps)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 4, "log_every": 2,
                          "eval_every": 3, **cfg})
     shapes = Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(teacher_layers, 32, 4))
@@ -125,3 +128,24 @@ def test_resumed_rail_kd_run_redraws_the_same_layers_and_restores_its_projection
 def test_constant_schedule_keeps_the_learning_rate_after_warmup(setup, tmp_path):
     _, result = run(setup, tmp_path, schedule="constant", warmup_ratio=0.0, epochs=1)
     assert {r["lr"] for r in result.train_curve} == {1e-3}
+
+
+@pytest.mark.parametrize("shuffle", ["upper_swap", "random_per_step"])
+def test_interrupted_sps_run_resumes_to_the_same_shared_weights(setup, tmp_path, shuffle):
+    """Checkpoints hold each shared tensor once; the resumed student still shares them, and the
+    random Q/K swaps replay from the restored RNG."""
+    from kdpipe.models import encoder_layers
+    reference, _ = run(setup, tmp_path / "a", select="last", sps=shuffle)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "b", select="last", stop=5, sps=shuffle)
+    resumed, result = run(setup, tmp_path / "b", select="last", sps=shuffle)
+    assert result.resumed_from_step == 4
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    layers = encoder_layers(resumed)
+    assert layers[2].attention.self.value.weight is layers[0].attention.self.value.weight
+
+
+def test_select_by_loss_keeps_the_lowest_dev_loss(setup, tmp_path):
+    _, result = run(setup, tmp_path, select="best", select_by="loss", epochs=4)
+    assert result.best_dev["loss"] == min(r["loss"] for r in result.dev_curve)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdpipe.methods.base import FineTune, Method, MethodConfigError, MethodParams, ModelShape, Shapes
 from kdpipe.methods.alp_kd import AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap
-from kdpipe.methods.pkd import PKD
+from kdpipe.methods.pkd import PKD, PeaKD
 from kdpipe.methods.rail_kd import RailKDConcat, RailKDLayerwise
 from kdpipe.methods.tinybert import TinyBERT
 from kdpipe.methods.vanilla_kd import VanillaKD
@@ -13,6 +13,7 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     FineTune,   # gold labels only: the no-distillation baseline
     VanillaKD,  # logits (Hinton et al.)
     PKD,        # + normalised [CLS] of intermediate layers (BERT-PKD)
+    PeaKD,      # PKD on an SPS student initialised by PTP (Pea-KD)
     TinyBERT,   # attention scores + hidden states, then logits (two phases)
     RailKDLayerwise, RailKDConcat,                  # random sorted teacher layers, mean-pooled
     AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap,    # attention over teacher layers' [CLS]

@@ -58,6 +58,7 @@ class Method(nn.Module):
     ``student_needs``/``teacher_needs`` may be properties (they can depend on the phase).
     ``teacher_cacheable``: the teacher signal is per-example vectors only (logits, [CLS] or
     mean-pooled states per layer), so it can come from the precomputed teacher cache.
+    ``student_defaults``: student settings the method implies (see ``Params.run_student``).
     ``phases``: a multi-phase method is trained once per phase, each phase starting from the
     student the previous one selected; ``phase_train`` gives each phase's default train settings.
     """
@@ -68,6 +69,9 @@ class Method(nn.Module):
     teacher_cacheable: ClassVar[bool] = False
     phases: ClassVar[tuple[str, ...]] = ("main",)
     needs_shapes: ClassVar[bool] = False  # intermediate-layer methods resolve mappings from shapes
+    # A preset's student settings (pea_kd: PTP init, SPS), over the `student` section and under
+    # the run's own `student:` overrides.
+    student_defaults: ClassVar[dict] = {}
     student_needs: Needs = Needs()
     teacher_needs: Needs = Needs()
     mapping: LayerMap | None = None
