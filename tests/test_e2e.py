@@ -30,6 +30,8 @@ def tiny_params(glue_dir: Path, task: str, runs: dict) -> dict:
         "task": {"name": task, "glue_dir": str(glue_dir), "max_train_examples": 64, "max_eval_examples": 48},
         "teacher": {"model": "minilm", "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48}},
         "student": {"num_layers": 2, "layers": "uniform"},
+        # DVC needs every params section a stage lists, even where no run uses PTP
+        "ptp": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "select_by": "loss"}},
         "distill": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "lr": 1e-4}, "runs": runs,
                     "teacher_cache": {"enabled": True}},
         "evaluate": {"latency_batch_sizes": [1, 4], "latency_warmup": 1, "latency_repeats": 2},

@@ -21,7 +21,6 @@ RUNS = {"pea": {"method": "pea_kd"}, "pea_no_sps": {"method": "pea_kd", "student
 def pea_project(tmp_path_factory, glue_dir, minilm_path):
     params = tiny_params(glue_dir, "mrpc", RUNS)
     params["student"]["num_layers"] = 3
-    params["ptp"] = {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "select_by": "loss"}}
     root = make_project(tmp_path_factory.mktemp("pea"), params)
     out = dvc("repro", "evaluate", "export@pea", root=root)
     return root, params, out
