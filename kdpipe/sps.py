@@ -70,10 +70,11 @@ def apply_sps(model: nn.Module, shuffle: Shuffle = "upper_swap") -> nn.Module:
 
     if shuffle not in SHUFFLES:
         raise ModelError(f"student.sps.shuffle: {shuffle!r} is not one of {', '.join(SHUFFLES)}")
-    if sps_settings(model):
-        raise ModelError("apply_sps: the model already shares its layers (config.kdpipe_sps is set)")
     path, _ = _layer_path(model)
     lower = list(_get_attr(model, path))
+    settings = sps_settings(model)  # also set on a model loaded from disk, which has only its L layers
+    if settings and len(lower) != settings["physical_layers"]:
+        raise ModelError("apply_sps: the model already shares its layers (config.kdpipe_sps is set)")
     layout = attention_layout(lower[0])
     q_parent, q_leaf = layout.query.rsplit(".", 1)
     k_parent, k_leaf = layout.key.rsplit(".", 1)
