@@ -44,6 +44,10 @@ CASES = [
     ("rail_kd_c (cache)", "rail_kd_c", {}, None, True),
     ("alp_kd (cache)", "alp_kd", {}, None, True),
     ("tinybert ild (live)", "tinybert", {}, "ild", False),
+    ("mlkd ild (live)", "mlkd", {}, "ild", False),
+    ("mlkd pred (cache)", "mlkd", {}, "pred", True),
+    ("cr_ild released ild (live)", "cr_ild", {"preset": "released"}, "ild", False),
+    ("cr_ild ah_cr ild (live)", "cr_ild", {"preset": "ah_cr"}, "ild", False),  # + the clean pass
 ]
 
 
@@ -54,6 +58,7 @@ class Runner:
         label, name, params, phase, cached = case
         self.label, self.teacher, self.accelerator = label, teacher, accelerator
         self.method = build_method(name, params, regression=False, shapes=shapes).to(accelerator.device)
+        self.method.begin_training(2)
         if phase:
             self.method.set_phase(phase)
         self.cache = cache if cached else None
@@ -70,11 +75,15 @@ class Runner:
         # inputs move to the device inside the timed region: the engine's loader does it per step too
         batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
                  for k, v in batch.items()}
-        self.method.begin_step(0, len(self.times))
-        with self.accelerator.autocast():
-            teacher_out = teacher_signal(self.method, batch, self.teacher, self.cache, device)
-            losses = self.method(run_model(self.student, batch["student"], self.method.student_needs),
-                                 teacher_out, batch["labels"])
+        self.method.begin_step(1, len(self.times))  # epoch 1: CR-ILD's consistency weight is on
+        mix = self.method.mixup(len(batch["labels"]), device)
+        with self.accelerator.autocast():  # as the engine's step
+            teacher_out = teacher_signal(self.method, batch, self.teacher, self.cache, device, mix)
+            student_out = run_model(self.student, batch["student"], self.method.student_needs, mix)
+            if mix is not None and self.method.needs_clean_pass:
+                with torch.no_grad():
+                    student_out.clean = run_model(self.student, batch["student"], self.method.student_needs)
+            losses = self.method(student_out, teacher_out, batch["labels"])
         self.accelerator.backward(losses["loss"])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -121,7 +130,7 @@ def main() -> None:
     print(f"teacher cache: {meta['examples']} examples built in {build_s:.1f} s (one teacher pass)")
     for runner in runners:
         ms = statistics.median(runner.times[2:]) * 1000
-        print(f"  {runner.label:<22} {ms:8.1f} ms/step   {ms / base_ms:5.2f}x finetune")
+        print(f"  {runner.label:<28} {ms:8.1f} ms/step   {ms / base_ms:5.2f}x finetune")
 
 
 if __name__ == "__main__":

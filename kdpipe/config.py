@@ -38,6 +38,10 @@ class TaskConfig(Strict):
     labels: list[str] | None = None
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_examples: int | None = Field(default=None, gt=0)
+    # CR-ILD's synthetic settings, for every stage (teacher included) and method:
+    downsample: int | None = Field(default=None, gt=0)   # few-sample: N random training examples (seeded)
+    label_noise: float = Field(default=0.0, ge=0, lt=1)  # noisy labels: each train label flipped w.p. r ...
+    label_noise_seed: int = 0                            # ... to another class drawn at random, seed fixed
     dev_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5)
 
@@ -94,6 +98,9 @@ class StudentConfig(Strict):
     init: Literal["teacher", "pretrained", "ptp"] = Field(
         default="teacher", validation_alias=AliasChoices("init", "init_from"))
     sps: SPSConfig | None = None  # {} or {shuffle: ...} turns SPS on; null = a plain student
+    # Attention heads of the student (MLKD-BERT): any divisor of its width; null = the teacher's.
+    # Only a reshape of the same weights: fewer, wider heads.
+    attention_heads: int | None = Field(default=None, gt=0)
 
     @field_validator("sps", mode="before")
     @classmethod
@@ -115,6 +122,23 @@ class StudentConfig(Strict):
         return self
 
 
+class SupplementaryConfig(Strict):
+    """Extra unlabeled inputs for a method's label-free phases (CR-ILD's supplementary data):
+    another task's training inputs, or a text file (one example per line; a tab separates the
+    two sentences of a pair task)."""
+
+    task: str | None = None           # a task name (tweets, a GLUE name), read like `task` with its defaults
+    file: str | None = None           # .txt, or .csv/.tsv/.jsonl with the columns in `text_columns`
+    text_columns: list[str] | None = None
+    max_examples: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.task is None) == (self.file is None):
+            raise ValueError("give exactly one of task (another task's inputs) or file (a text file)")
+        return self
+
+
 class RunConfig(BaseModel):
     """One distillation run: ``method`` plus that method's own params, and optional train overrides."""
 
@@ -124,6 +148,7 @@ class RunConfig(BaseModel):
     student: dict[str, Any] = Field(default_factory=dict)  # overrides of the `student` section
     # Multi-phase methods (tinybert: ild, pred): train overrides per phase, on top of `train`.
     phases: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    supplementary: SupplementaryConfig | None = None  # extra unlabeled text for label-free phases
 
     @property
     def method_params(self) -> dict[str, Any]:
@@ -275,6 +300,9 @@ def _check_runs(params: Params, source: str) -> None:
             cls.Params(**run.method_params)
         except ValidationError as e:
             raise ConfigError(_format(e, f"distill.runs.{name}", source)) from None
+        if run.supplementary is not None and not cls.label_free_phases:
+            raise ConfigError(f"{source}: distill.runs.{name}.supplementary: {run.method} has no label-free phase "
+                              f"to train on unlabeled text (mlkd, cr_ild and tinybert have one)")
         unknown = sorted(set(run.phases) - set(cls.phases))
         if unknown:
             raise ConfigError(f"{source}: distill.runs.{name}.phases: {run.method} has no phase {unknown[0]!r} "

@@ -32,7 +32,7 @@ from kdpipe.data import DistillCollator, EpochShuffleSampler, TextDataset
 from kdpipe.evaluation import evaluate_split
 from kdpipe.methods.base import Method
 from kdpipe.metrics import is_better
-from kdpipe.taps import ModelOutputs, run_model
+from kdpipe.taps import Mixup, ModelOutputs, run_model
 from kdpipe.tasks import TaskSpec
 
 
@@ -147,6 +147,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     else:
         student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     method.to(accelerator.device)
+    method.begin_training(math.ceil(total_steps / steps_per_epoch))
     use_cache = teacher_cache is not None and method.teacher_cacheable
     if teacher is not None and not use_cache:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -203,10 +204,14 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
         loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
         for batch in loader:
             method.begin_step(epoch, step)
+            mix = method.mixup(len(batch["labels"]), accelerator.device)
             with accelerator.autocast():
                 teacher_out = teacher_signal(method, batch, teacher, teacher_cache if use_cache else None,
-                                             accelerator.device)
-                student_out = run_model(student, batch["student"], method.student_needs)
+                                             accelerator.device, mix)
+                student_out = run_model(student, batch["student"], method.student_needs, mix)
+                if mix is not None and method.needs_clean_pass:
+                    with torch.no_grad():  # the consistency target: the student's own clean pass
+                        student_out.clean = run_model(student, batch["student"], method.student_needs)
                 losses = method_fn(student_out, teacher_out, batch["labels"])
             loss = losses["loss"]
             if not torch.isfinite(loss):
@@ -268,15 +273,18 @@ def _improves(spec: TaskSpec, cfg: TrainConfig, dev: dict, best: dict) -> bool:
 
 
 def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None, teacher_cache,
-                   device: torch.device) -> ModelOutputs | None:
+                   device: torch.device, mix: Mixup | None = None) -> ModelOutputs | None:
     """What the method reads from the teacher for ``batch``: the cached vectors when a cache is
-    given, else a live no-grad forward capturing ``method.teacher_needs``; None without a teacher."""
+    given, else a live no-grad forward capturing ``method.teacher_needs`` (on the same mixed
+    input as the student under ``mix``); None without a teacher."""
     if teacher_cache is not None:
+        if mix is not None:
+            raise ValueError(f"{method.name}: a mixed batch cannot be looked up in the teacher cache")
         return teacher_cache.lookup(batch["index"], device)
     if not method.needs_teacher:
         return None
     with torch.no_grad():
-        return run_model(teacher, batch["teacher"], method.teacher_needs)
+        return run_model(teacher, batch["teacher"], method.teacher_needs, mix)
 
 
 def _save_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:

@@ -149,6 +149,28 @@ def build_student(source: PreTrainedModel, layers: Sequence[int]) -> PreTrainedM
     return student
 
 
+def set_attention_heads(model: PreTrainedModel, heads: int) -> PreTrainedModel:
+    """Run ``model``'s attention with ``heads`` heads (in place; returned for chaining).
+
+    Only a reshape: Q/K/V keep their [d, d] weights and are cut into ``heads`` heads of d / heads
+    (MLKD-BERT's free student head count).  Saved models keep it through their config, so the
+    exported ONNX graph uses it too.
+    """
+    width = getattr(model.config, "hidden_size", None) or model.config.dim
+    if heads < 1 or width % heads:
+        raise ModelError(f"{heads} attention heads do not divide the hidden width {width}; "
+                         f"use a divisor of {width}")
+    head_field = "num_attention_heads" if hasattr(model.config, "num_attention_heads") else "n_heads"
+    setattr(model.config, head_field, heads)
+    for module in model.modules():
+        if hasattr(module, "attention_head_size") and hasattr(module, "scaling"):
+            count_field = "num_attention_heads" if hasattr(module, "num_attention_heads") else "n_heads"
+            setattr(module, count_field, heads)
+            module.attention_head_size = width // heads
+            module.scaling = module.attention_head_size ** -0.5
+    return model
+
+
 def with_new_head(model: PreTrainedModel, labels: Sequence[str] | None, problem: str | None = None) -> PreTrainedModel:
     """A model of the same class whose encoder (everything under ``base_model_prefix``) is
     ``model``'s and whose task head is freshly initialised for ``labels`` (None: regression).

@@ -6,8 +6,10 @@ Usable without DVC: ``prepare_data`` → ``train_teacher`` → ``distill`` → `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -15,20 +17,22 @@ from typing import Sequence
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from kdpipe.artifacts import atomic_dir, write_csv, write_json
 from kdpipe.config import ConfigError, Params, StudentConfig
 from kdpipe.data import DistillCollator, Encoder, TextDataset, load_splits, model_input_names, save_splits
 from kdpipe.engine import TrainResult, is_main_process, train
+from kdpipe.env import repo_root
 from kdpipe.evaluation import evaluate_split, torch_latency
 from kdpipe.mapping import format_rows
 from kdpipe.methods import METHODS, MethodConfigError, ModelShape, Shapes, build_method
 from kdpipe.methods.base import FineTune, MethodParams
 from kdpipe.models import (ModelError, build_student, count_parameters, load_classifier, load_encoder,
                            load_tokenizer, model_file_bytes, num_layers, resolve_model_path, save_model,
-                           select_layers, with_new_head)
+                           select_layers, set_attention_heads, with_new_head)
 from kdpipe.sps import apply_sps, physical_layers, sps_settings
+from kdpipe.taps import num_heads
 from kdpipe.tasks import TaskSpec, load_task
 
 
@@ -55,6 +59,16 @@ def preflight(params: Params) -> None:
         except ModelError as e:
             raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
         build_run_method(params, run_name, config, regression=problem == "regression")
+        extra = params.distill.runs[run_name].supplementary
+        where = f"params.yaml: distill.runs.{run_name}.supplementary"
+        if extra is not None and extra.file is not None \
+                and not (repo_root() / Path(extra.file).expanduser()).is_file():  # as tasks resolves it
+            raise ConfigError(f"{where}.file: {extra.file} not found")
+        if extra is not None and extra.task is not None:
+            try:
+                get_task(extra.task)
+            except ValueError as e:
+                raise ConfigError(f"{where}.task: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -164,6 +178,8 @@ def make_student(params: Params, student_cfg: StudentConfig, teacher: torch.nn.M
     if ptp_source is not None:
         from safetensors.torch import load_file
         load_encoder(student, load_file(str(ptp_source / "model.safetensors")), source=str(ptp_source))
+    if student_cfg.attention_heads:
+        set_attention_heads(student, student_cfg.attention_heads)
     if student_cfg.sps:
         apply_sps(student, student_cfg.sps.shuffle)
     return student, layers
@@ -190,14 +206,21 @@ def ptp_student_name(student_cfg: StudentConfig) -> str:
     """Folder name of the PTP student for this architecture (depth, layer choice, SPS mode)."""
     layers = student_cfg.layers if isinstance(student_cfg.layers, str) else "-".join(map(str, student_cfg.layers))
     sps = f"sps-{student_cfg.sps.shuffle}" if student_cfg.sps else "plain"
-    return f"L{student_cfg.num_layers}_{layers}_{sps}"
+    heads = f"_A{student_cfg.attention_heads}" if student_cfg.attention_heads else ""
+    return f"L{student_cfg.num_layers}_{layers}_{sps}{heads}"
 
 
 def method_shapes(student_cfg: StudentConfig, teacher_config) -> Shapes:
-    """Student and teacher geometry: the student is the teacher's width and heads, fewer layers
-    (an SPS student counts its effective 2L layers: mappings see every pass)."""
+    """Student and teacher geometry: the student is the teacher's width, fewer layers (an SPS
+    student counts its effective 2L layers: mappings see every pass), and the teacher's heads
+    unless ``student.attention_heads`` says otherwise (it must divide the width)."""
     teacher = ModelShape.of(teacher_config)
-    return Shapes(student=ModelShape(student_cfg.effective_layers, teacher.hidden, teacher.heads), teacher=teacher)
+    heads = student_cfg.attention_heads or teacher.heads
+    if teacher.hidden % heads:
+        divisors = [k for k in range(1, teacher.hidden + 1) if teacher.hidden % k == 0]
+        raise MethodConfigError(f"student.attention_heads: {heads} does not divide the student's width "
+                                f"{teacher.hidden}; use one of {divisors}")
+    return Shapes(student=ModelShape(student_cfg.effective_layers, teacher.hidden, heads), teacher=teacher)
 
 
 def build_run_method(params: Params, run_name: str, teacher_config, regression: bool):
@@ -207,8 +230,8 @@ def build_run_method(params: Params, run_name: str, teacher_config, regression: 
     if "seed" in METHODS[run.method].Params.model_fields:
         method_params.setdefault("seed", params.seed)  # RAIL-KD's layer draws follow the pipeline seed
     try:
-        return build_method(run.method, method_params, regression,
-                            method_shapes(params.run_student(run_name), teacher_config))
+        shapes = method_shapes(params.run_student(run_name), teacher_config)
+        return build_method(run.method, method_params, regression, shapes)
     except MethodConfigError as e:
         raise ConfigError(f"params.yaml: distill.runs.{run_name} ({run.method}): {e}") from None
 
@@ -267,6 +290,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
     inputs = _fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), params.seed,
                           params.max_length, data_dir, teacher_dir, ptp_source)
+    extra, extra_hash = supplementary_set(params, run_name, spec) if run.supplementary else (None, None)
     for phase in phases:
         method.set_phase(phase)
         cfg = params.run_train_config(run_name, phase, method.phase_train(phase))
@@ -274,48 +298,76 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
         live_teacher = method.needs_teacher and not cached
         # The teacher's inputs are only tokenised when the teacher runs live.
         collator = DistillCollator(student_encoder, teacher_encoder if live_teacher else None, regression)
+        # Supplementary unlabeled text joins the phases whose losses never read labels.
+        train_set = sets["train"]
+        if extra is not None and phase in method.label_free_phases:
+            if cached:  # cache rows are addressed by train index; supplementary rows have none
+                raise ConfigError(f"distill.runs.{run_name}.supplementary: phase {phase} reads the teacher cache")
+            train_set = ConcatDataset([sets["train"], extra])
         name = run_name if len(phases) == 1 else f"{run_name}/{phase}"
-        fingerprint = _fingerprint(inputs, phase, cfg.model_dump(), cached)
+        fingerprint = _fingerprint(inputs, phase, cfg.model_dump(), cached, len(train_set),
+                                   extra_hash if train_set is not sets["train"] else None)
         phase_dir = Path(checkpoint_dir) if len(phases) == 1 else Path(checkpoint_dir) / phase
-        result = _finished_phase(phase_dir, fingerprint, student)
-        if result is None:
-            result = train(student, method, spec, sets["train"], sets["dev"], collator, cfg, seed=params.seed,
-                           checkpoint_dir=phase_dir, fingerprint=fingerprint,
-                           teacher=teacher if live_teacher else None, teacher_cache=cache if cached else None,
-                           logger=_PhaseLogger(logger, phase if len(phases) > 1 else None), desc=name)
-            if len(phases) > 1:
-                _mark_phase_done(phase_dir, fingerprint, result)
-        results[phase] = (result, cfg, cached)
+        with _phase_run(logger, name if len(phases) > 1 else None, {"kdpipe.phase": phase,
+                                                                    "kdpipe.method": run.method}) as tracker:
+            if len(phases) > 1 and tracker is not None:
+                tracker.log_params({"phase": phase, "train": cfg.model_dump(), "train_examples": len(train_set)})
+            result = _finished_phase(phase_dir, fingerprint, student)
+            if result is None:
+                result = train(student, method, spec, train_set, sets["dev"], collator, cfg, seed=params.seed,
+                               checkpoint_dir=phase_dir, fingerprint=fingerprint,
+                               teacher=teacher if live_teacher else None, teacher_cache=cache if cached else None,
+                               logger=tracker, desc=name)
+                if len(phases) > 1:
+                    _mark_phase_done(phase_dir, fingerprint, result)
+            if len(phases) > 1 and tracker is not None:
+                tracker.log_metrics({"best_dev": result.best_dev, "last_dev": result.last_dev})
+        results[phase] = (result, cfg, cached, len(train_set))
     final = results[phases[-1]][0]
     summary = {**_summary(final, spec), "method": run.method, "init_layers": layers,
                "student": {**student_cfg.model_dump(), "init_source": init_source,
                            "effective_layers": num_layers(student), "parameters": count_parameters(student)},
                "teacher_signal": {p: "cache" if c else ("live" if method.needs_teacher else "none")
-                                  for p, (_, _, c) in results.items()}}
+                                  for p, (_, _, c, _) in results.items()}}
     if len(phases) > 1:
-        summary["phases"] = {p: {**_summary(r, spec), "train": cfg.model_dump()} for p, (r, cfg, _) in results.items()}
+        summary["phases"] = {p: {**_summary(r, spec), "train": cfg.model_dump(), "train_examples": n}
+                             for p, (r, cfg, _, n) in results.items()}
     if table:
         summary["mapping"] = table
-    records = {p: r.epoch_records for p, (r, _, _) in results.items() if r.epoch_records}
+    records = {p: r.epoch_records for p, (r, *_) in results.items() if r.epoch_records}
     if records:
         summary["epoch_records"] = records
-    curve = _merge_phases({p: r for p, (r, _, _) in results.items()})
+    curve = _merge_phases({p: r for p, (r, *_) in results.items()})
+    if len(results) > 1 and is_main_process():  # a train and a dev curve per phase, each from step 0
+        shutil.rmtree(Path(plots_dir) / "phases" / run_name, ignore_errors=True)
+        for p, (r, *_) in results.items():
+            write_csv(Path(plots_dir) / "phases" / run_name / f"{p}_train.csv", r.train_curve)
+            write_csv(Path(plots_dir) / "phases" / run_name / f"{p}_dev.csv", _with_main(r.dev_curve, spec.main_metric))
     _save_trained(student, tokenizer, out_dir, plots_dir, run_name, curve, spec, {
         "role": "student", "run": run_name, "method": method.describe(), "init_layers": layers,
         "task": spec.to_dict(), "max_length": params.max_length, "training": summary})
     return summary
 
 
-class _PhaseLogger:
-    """Prefixes a multi-phase method's metrics with its phase (``ild/train/loss``) in MLflow."""
+def _phase_run(logger, name: str | None, tags: dict):
+    """An MLflow run nested in the stage's run for one phase (``name``), so every phase's curves
+    and settings stand on their own in the UI; None: log to the stage's run itself."""
+    if name is None or logger is None or not hasattr(logger, "child"):
+        return contextlib.nullcontext(logger)
+    return logger.child(name, tags)
 
-    def __init__(self, logger, phase: str | None):
-        self.logger, self.phase = logger, phase
 
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        if self.logger is not None:
-            prefix = f"{self.phase}/" if self.phase else ""
-            self.logger.log_metrics({prefix + k: v for k, v in metrics.items()}, step)
+def supplementary_set(params: Params, run_name: str, spec: TaskSpec) -> tuple[TextDataset, str]:
+    """The run's supplementary unlabeled inputs (another task's train texts, or a text file) in
+    this task's format, and a hash of their content (a file edited in place is a new input);
+    labels are placeholders, never read by the phases that use them."""
+    import pandas as pd
+
+    from kdpipe.tasks import supplementary_frame
+
+    frame = supplementary_frame(params.distill.runs[run_name].supplementary, params.task, spec, params.seed,
+                                repo_root(), where=f"distill.runs.{run_name}.supplementary")
+    return TextDataset(frame), str(int(pd.util.hash_pandas_object(frame, index=True).sum()))
 
 
 def _finished_phase(phase_dir: Path, fingerprint: str, student) -> TrainResult | None:
@@ -433,12 +485,14 @@ def _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teac
     the stage re-runs whenever any run changes, since it reads ``distill.runs``)."""
     fingerprint = _fingerprint("ptp", name, params.ptp.model_dump(), thresholds, params.seed, params.max_length,
                                data_dir, teacher_dir)
-    result = _finished_phase(checkpoint_dir, fingerprint, student)
-    if result is None:
-        result = train(student, FineTune(MethodParams(), regression=False), ptp_spec, ptp_sets["train"],
-                       ptp_sets["dev"], collator, params.ptp.train, seed=params.seed, checkpoint_dir=checkpoint_dir,
-                       fingerprint=fingerprint, logger=_PhaseLogger(logger, name), desc=f"ptp/{name}")
-        _mark_phase_done(checkpoint_dir, fingerprint, result)
+    with _phase_run(logger, f"ptp/{name}", {"kdpipe.ptp_student": name}) as tracker:
+        result = _finished_phase(checkpoint_dir, fingerprint, student)
+        if result is None:
+            result = train(student, FineTune(MethodParams(), regression=False), ptp_spec, ptp_sets["train"],
+                           ptp_sets["dev"], collator, params.ptp.train, seed=params.seed,
+                           checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, logger=tracker,
+                           desc=f"ptp/{name}")
+            _mark_phase_done(checkpoint_dir, fingerprint, result)
     return result
 
 
@@ -450,7 +504,11 @@ def latency_inputs(dataset: TextDataset, encoder: Encoder, batch_size: int) -> d
     return encoder([r["text_a"] for r in rows], None if rows[0]["text_b"] is None else [r["text_b"] for r in rows])
 
 
-def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[str, TextDataset]) -> dict:
+def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[str, TextDataset],
+                   compare_heads: int | None = None) -> dict:
+    """Dev/test metrics, size and PyTorch latency of one saved model.  ``compare_heads``: when the
+    model runs another head count, also time the same weights reshaped to that many heads
+    (MLKD-BERT: a fewer-head student vs the teacher's head count), as ``latency_ms_at_heads``."""
     model = load_classifier(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
     encoder = Encoder(tokenizer, model_input_names(model, tokenizer), params.max_length)
@@ -471,6 +529,16 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
         f"batch_{b}": round(torch_latency(model, latency_inputs(sets["dev"], encoder, b),
                                           ev.latency_warmup, ev.latency_repeats)["median_ms"], 3)
         for b in ev.latency_batch_sizes}
+    report["attention_heads"] = num_heads(model)
+    width = getattr(model.config, "hidden_size", None) or model.config.dim
+    if compare_heads and compare_heads != report["attention_heads"] and width % compare_heads == 0:
+        reshaped = set_attention_heads(load_classifier(model_dir).eval(), compare_heads)
+        at_heads = {f"batch_{b}": round(torch_latency(reshaped, latency_inputs(sets["dev"], encoder, b),
+                                                      ev.latency_warmup, ev.latency_repeats)["median_ms"], 3)
+                    for b in ev.latency_batch_sizes}
+        report["latency_ms_at_heads"] = {"heads": compare_heads, **at_heads,
+                                         **{f"speedup_{k}": round(at_heads[k] / report["latency_ms"][k], 3)
+                                            for k in at_heads}}
     return report
 
 
@@ -484,7 +552,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
     for folder in sorted(p for p in Path(students_dir).iterdir() if (p / "kdpipe.json").exists()):
         if folder.name not in params.distill.runs:
             continue  # a run removed from params.yaml: its folder is stale
-        report = evaluate_model(params, folder, spec, sets)
+        report = evaluate_model(params, folder, spec, sets, compare_heads=teacher["attention_heads"])
         report["method"] = _read_meta(folder)["method"]["method"]
         report["retention_pct"] = {split: round(100 * report[split][main] / teacher[split][main], 2)
                                    for split in ("dev", "test") if split in report and teacher[split][main]}

@@ -8,7 +8,12 @@ so any attention implementation (eager, sdpa, flash) works:
 - hidden states: the embeddings module's output (layer 0) and each encoder layer's output;
 - per-head Q/K/V: the outputs of the query/key/value projections, split into heads;
 - pre-softmax attention scores: Q K^T / sqrt(d_k) from those, without the padding mask;
-- attention context: the input of the attention output projection W_O (heads concatenated).
+- attention context: the input of the attention output projection W_O (heads concatenated);
+- attention output: the attention block's output (after W_O, residual and LayerNorm).
+
+``run_model`` can also mix the batch at the embedding level (``Mixup``, CR-ILD): a hook on the
+embeddings module replaces its output by lambda E + (1 - lambda) E[partner] and the model sees
+the union of the two attention masks.
 
 Layer numbers follow Hugging Face's ``hidden_states`` tuple: 0 is the embedding output,
 1..L are the transformer layers in the order they run.  Hooks number layers by call order,
@@ -33,6 +38,7 @@ class Needs:
     attention_scores: bool = False  # [B, A, n, n] per layer 1..L, pre-softmax, no mask added
     qkv: bool = False               # query/key/value [B, A, n, d_k] per layer 1..L
     context: bool = False           # [B, n, d] per layer 1..L: heads' outputs before W_O
+    attention_output: bool = False  # [B, n, d] per layer 1..L: after W_O, residual and LayerNorm
     layers: frozenset[int] | None = None
 
     def __or__(self, other: "Needs") -> "Needs":
@@ -51,10 +57,35 @@ class Needs:
 
     @property
     def any_layer_signal(self) -> bool:
-        return self.hidden_states or self.attention_scores or self.qkv or self.context
+        return self.hidden_states or self.attention_scores or self.qkv or self.context or self.attention_output
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """Embedding-level mixup of a batch with a partner ordering (CR-ILD): every example i becomes
+    lam * E_i + (1 - lam) * E_partner[i], attending to the union of both examples' tokens."""
+
+    lam: float
+    partner: torch.Tensor  # [B] long: the example each one is mixed with
+
+    @classmethod
+    def reversed_batch(cls, lam: float, batch_size: int, device=None) -> "Mixup":
+        """CR-ILD's pairing: example i with example B - 1 - i."""
+        return cls(lam, torch.arange(batch_size - 1, -1, -1, device=device))
+
+    def mix(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, n, d] -> [B, n, d]."""
+        return self.lam * embeddings + (1 - self.lam) * embeddings[self.partner.to(embeddings.device)]
+
+    def union_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, n] -> [B, n]: a token is real if it is real in either mixed example (lam = 1 mixes
+        nothing in, so the batch stays exactly the clean one)."""
+        if self.lam >= 1:
+            return attention_mask
+        return torch.maximum(attention_mask, attention_mask[self.partner.to(attention_mask.device)])
 
 
 @dataclass
@@ -71,8 +102,11 @@ class ModelOutputs:
     key: dict[int, torch.Tensor] | None = None
     value: dict[int, torch.Tensor] | None = None
     context: dict[int, torch.Tensor] | None = None        # [B, n, d]
+    attention_output: dict[int, torch.Tensor] | None = None  # [B, n, d]
     cls: dict[int, torch.Tensor] | None = None            # [B, d]
     mean: dict[int, torch.Tensor] | None = None           # [B, d]
+    mix: Mixup | None = None                              # the mixup this pass ran with (mask = union)
+    clean: "ModelOutputs | None" = None                   # the same model's unmixed pass (no grad)
 
 
 # ----------------------------------------------------------------------------- feature extractors
@@ -111,12 +145,14 @@ class AttentionModules:
     key: str
     value: str
     output: str  # the output projection W_O; its input is the context
+    block: str   # the module whose output is the attention block's (after residual + LayerNorm)
 
 
 _ATTENTION_LAYOUTS = (
     AttentionModules("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"),  # BERT, RoBERTa, MiniLM, ELECTRA, XLM-R
-    AttentionModules("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),  # DistilBERT
+                     "attention.output.dense", "attention.output"),  # BERT, RoBERTa, MiniLM, ELECTRA, XLM-R
+    AttentionModules("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
+                     "sa_layer_norm"),  # DistilBERT
 )
 
 
@@ -181,21 +217,27 @@ class _Recorder:
     def context(self, module, args):
         self.keep("context", self._next("context"), args[0])
 
+    def attention_output(self, module, args, output):
+        self.keep("attention_output", self._next("attention_output"), _first(output))
+
 
 @contextlib.contextmanager
-def capture(model: nn.Module, needs: Needs):
-    """Register the hooks ``needs`` asks for; yields the recorder whose ``store`` fills up."""
+def capture(model: nn.Module, needs: Needs, mix: Mixup | None = None):
+    """Register the hooks ``needs`` asks for (and ``mix``'s); yields the recorder whose ``store`` fills up."""
     from kdpipe.models import encoder_layers
 
+    model = getattr(model, "module", model)  # hooks go on the model inside a DDP wrapper
     recorder = _Recorder(needs, num_heads(model))
     handles = []
     try:
         layers = encoder_layers(model)
+        if mix is not None:  # registered first, so the embedding capture below sees the mixed output
+            handles.append(model.base_model.embeddings.register_forward_hook(lambda m, a, out: mix.mix(out)))
         if needs.hidden_states:
             if needs.wants(0):
                 handles.append(model.base_model.embeddings.register_forward_hook(recorder.embeddings))
             handles += [layer.register_forward_hook(recorder.layer_output) for layer in layers]
-        if needs.qkv or needs.attention_scores or needs.context:
+        if needs.qkv or needs.attention_scores or needs.context or needs.attention_output:
             layout = attention_layout(layers[0])
             for layer in layers:
                 if needs.qkv or needs.attention_scores:
@@ -205,6 +247,8 @@ def capture(model: nn.Module, needs: Needs):
                     handles.append(_get(layer, layout.value).register_forward_hook(recorder.projection("value")))
                 if needs.context:
                     handles.append(_get(layer, layout.output).register_forward_pre_hook(recorder.context))
+                if needs.attention_output:
+                    handles.append(_get(layer, layout.block).register_forward_hook(recorder.attention_output))
         yield recorder
     finally:
         for h in handles:
@@ -216,12 +260,16 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
 
 
-def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = Needs()) -> ModelOutputs:
-    """Forward ``model`` on ``inputs`` capturing what ``needs`` asks for (nothing else is kept)."""
-    if not needs.any_layer_signal:
+def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = Needs(),
+              mix: Mixup | None = None) -> ModelOutputs:
+    """Forward ``model`` on ``inputs`` capturing what ``needs`` asks for (nothing else is kept);
+    with ``mix``, on the mixed embeddings and the union attention mask."""
+    if mix is not None:
+        inputs = {**inputs, "attention_mask": mix.union_mask(inputs["attention_mask"])}
+    if not needs.any_layer_signal and mix is None:
         out = model(**inputs, return_dict=True)
         return ModelOutputs(logits=out.logits, attention_mask=inputs["attention_mask"])
-    with capture(model, needs) as rec:
+    with capture(model, needs, mix) as rec:
         out = model(**inputs, return_dict=True)
     s = rec.store
     scores = None
@@ -234,4 +282,5 @@ def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = 
         query=s.get("query", {}) if needs.qkv else None,
         key=s.get("key", {}) if needs.qkv else None,
         value=s.get("value", {}) if needs.qkv else None,
-        context=s.get("context", {}) if needs.context else None)
+        context=s.get("context", {}) if needs.context else None,
+        attention_output=s.get("attention_output", {}) if needs.attention_output else None, mix=mix)

@@ -291,10 +291,85 @@ def load_task(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]
         for split in ("dev", "test"):
             if split in frames:
                 frames[split] = _subsample(frames[split], cfg.max_eval_examples, seed, stratify)
+    if cfg.downsample is not None:  # CR-ILD's few-sample setting: a plain random draw, not stratified
+        frames["train"] = _subsample(frames["train"], cfg.downsample, seed, stratify=False)
+    if cfg.label_noise > 0:
+        frames["train"] = add_label_noise(frames["train"], spec, cfg.label_noise, cfg.label_noise_seed)
     for split, frame in frames.items():
         frames[split] = frame.reset_index(drop=True)
     log.info("task %s: %s", spec.name, ", ".join(f"{s}={len(f)}" for s, f in frames.items()))
     return spec, frames
+
+
+def add_label_noise(frame: pd.DataFrame, spec: TaskSpec, rate: float, seed: int) -> pd.DataFrame:
+    """CR-ILD's noisy-label setting: each label flipped with probability ``rate`` to a different
+    class drawn uniformly (seeded).  The true label stays in a ``clean_label`` column."""
+    if spec.problem != "classification":
+        raise TaskDataError(f"task.label_noise: flips class labels, but task {spec.name!r} is regression")
+    rng = np.random.default_rng(seed)
+    labels = frame["label"].to_numpy()
+    flip = rng.random(len(labels)) < rate
+    shift = rng.integers(1, spec.num_labels, size=len(labels))  # never 0: the new class differs
+    noisy = np.where(flip, (labels + shift) % spec.num_labels, labels)
+    log.info("task.label_noise: %d of %d train labels flipped", int(flip.sum()), len(labels))
+    return frame.assign(label=noisy.astype(labels.dtype), clean_label=labels)
+
+
+def supplementary_frame(cfg, task_cfg: TaskConfig, spec: TaskSpec, seed: int, root: Path,
+                        where: str = "supplementary") -> pd.DataFrame:
+    """Unlabeled inputs (``SupplementaryConfig``) shaped like ``spec``'s splits: ``text_a``
+    (+ ``text_b`` for a pair task) and a placeholder label.  A pair source joins its sentences
+    for a single-sentence task; a single-sentence source cannot feed a pair task."""
+    if cfg.task is not None:
+        if cfg.task == task_cfg.name:  # its own train set is already there; a re-read would undo caps
+            raise TaskDataError(f"{where}.task: {cfg.task!r} is the task itself; name another task or a file")
+        other = TaskConfig(name=cfg.task, glue_dir=task_cfg.glue_dir, max_train_examples=cfg.max_examples)
+        try:
+            _, other_frames = load_task(other, seed, root)
+        except TaskDataError as e:
+            raise TaskDataError(f"{where}.task: {e}") from None
+        texts, origin = other_frames["train"], f"{where}.task ({cfg.task})"
+    else:
+        path = _resolve(cfg.file, root)
+        if not path.is_file():
+            raise TaskDataError(f"{where}.file: {path} not found")
+        texts, origin = _text_file(path, cfg.text_columns, f"{where}.file"), f"{where}.file ({path})"
+        if cfg.max_examples is not None:
+            texts = _subsample(texts, cfg.max_examples, seed, stratify=False)
+    pair_source = "text_b" in texts.columns
+    if spec.is_pair and not pair_source:
+        raise TaskDataError(f"{origin}: task {spec.name!r} takes sentence pairs but these inputs are single "
+                            f"sentences (a .txt file gives pairs as 'first<TAB>second' lines)")
+    if not spec.is_pair and pair_source:
+        texts = texts.assign(text_a=texts["text_a"] + " " + texts["text_b"]).drop(columns="text_b")
+    if texts.empty:
+        raise TaskDataError(f"{origin}: no text")
+    placeholder = 0.0 if spec.problem == "regression" else 0
+    columns = ["text_a", "text_b"] if spec.is_pair else ["text_a"]
+    return texts[columns].assign(label=placeholder).reset_index(drop=True)
+
+
+def _text_file(path: Path, text_columns: list[str] | None, key: str) -> pd.DataFrame:
+    """A .txt file (one example per non-empty line, a tab before a pair's second sentence) or a
+    table file whose ``text_columns`` (one or two) hold the texts."""
+    if path.suffix.lower() == ".txt":
+        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        parts = [line.split("\t", 1) for line in lines]
+        if parts and all(len(p) == 2 for p in parts):
+            return pd.DataFrame({"text_a": [p[0] for p in parts], "text_b": [p[1] for p in parts]})
+        return pd.DataFrame({"text_a": lines})
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise TaskDataError(f"{key}: cannot tell the format of {path} from its extension; use .txt or one of "
+                            f"{', '.join(_FORMATS)}")
+    if not text_columns:
+        raise TaskDataError(f"{key}: {path.name} is a table; name its text column(s) in text_columns")
+    raw = _read(path, fmt)
+    _require_columns(raw, str(path), text_columns, "(text_columns)")
+    frame = pd.DataFrame({"text_a": raw[text_columns[0]].astype(str)})
+    if len(text_columns) == 2:
+        frame["text_b"] = raw[text_columns[1]].astype(str)
+    return frame
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,10 +103,24 @@ class Tracker:
     def mlflow(self):
         return self._mlflow
 
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator["Tracker"]:
+        """A run nested under this one (a phase of a multi-phase method, one PTP student): its
+        curves get their own run in the UI.  Logging goes to the child until the block ends."""
+        inherited = {k: v for k, v in self.run.data.tags.items() if k.startswith("kdpipe.")}
+        with self._mlflow.start_run(experiment_id=self.run.info.experiment_id, run_name=name, nested=True,
+                                    parent_run_id=self.run_id,
+                                    tags={**inherited, **{k: str(v) for k, v in (tags or {}).items()}}) as run:
+            yield Tracker(self._mlflow, run, self.parent_id)
+
 
 class NullTracker:
     run_id = None
     mlflow = None
+
+    @contextlib.contextmanager
+    def child(self, name, tags=None):
+        yield self
 
     def log_params(self, params): pass
     def log_metrics(self, metrics, step=None): pass

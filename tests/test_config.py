@@ -23,7 +23,7 @@ def test_unknown_key_is_named_with_its_path_and_a_suggestion():
 
 def test_unknown_method_lists_known_ones():
     with pytest.raises(ConfigError, match=r"distill\.runs\.x\.method: unknown method 'vanila_kd'.*"
-                                          r"did you mean 'vanilla_kd'.*known: alp_kd, .*finetune, pea_kd, pkd, .*"):
+                                          r"did you mean 'vanilla_kd'.*known: alp_kd, .*finetune, .*pea_kd, pkd, .*"):
         parse_params({"distill": {"runs": {"x": {"method": "vanila_kd"}}}})
 
 
@@ -124,3 +124,30 @@ def test_preflight_maps_an_sps_student_with_its_effective_depth(minilm_path):
     assert (pea.params.ce_weight, pea.params.kd_weight, pea.params.temperature, pea.params.beta) == (0.3, 0.7, 10, 100)
     with pytest.raises(ConfigError, match=r"distill\.runs\.deep.*num_layers: 7"):
         preflight(parse_params({"distill": {"runs": {"deep": {"method": "finetune", "student": {"num_layers": 7}}}}}))
+
+
+def test_preflight_validates_student_heads_and_supplementary_inputs(minilm_path, tmp_path):
+    """MiniLM: width 384, 12 heads.  A student head count must divide 384; the MLKD MHA-split also
+    cuts the teacher's width into the student's heads; supplementary inputs must exist."""
+    from kdpipe.pipeline import build_run_method, preflight
+    from transformers import AutoConfig
+    params = parse_params({"distill": {"runs": {"m": {"method": "mlkd", "student": {"attention_heads": 5}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.m \(mlkd\): student\.attention_heads: 5 does not divide"
+                                          r".*384; use one of \[1, 2, 3, 4, 6, 8, 12, 16"):
+        preflight(params)
+    params = parse_params({"distill": {"runs": {"m": {"method": "mlkd", "student": {"attention_heads": 3}},
+                                                "ah": {"method": "cr_ild", "preset": "ah_cr",
+                                                       "student": {"attention_heads": 6}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.ah \(cr_ild\).*ah compares attention maps head by head"):
+        preflight(params)
+    mlkd = build_run_method(params, "m", AutoConfig.from_pretrained(minilm_path), regression=False)
+    assert (mlkd.shapes.student.heads, mlkd.shapes.teacher.heads) == (3, 12)
+    assert mlkd.describe()["mha_split_width"] == {"student": 128, "teacher": 128}
+    assert [ts[0] for _, ts in mlkd.mapping.pairs()] == [2, 4, 6]
+    missing = parse_params({"distill": {"runs": {"c": {"method": "cr_ild",
+                                                       "supplementary": {"file": str(tmp_path / "no.txt")}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.c\.supplementary\.file: .*no\.txt not found"):
+        preflight(missing)
+    unknown = parse_params({"distill": {"runs": {"c": {"method": "cr_ild", "supplementary": {"task": "colaa"}}}}})
+    with pytest.raises(ConfigError, match=r"distill\.runs\.c\.supplementary\.task: .*colaa"):
+        preflight(unknown)

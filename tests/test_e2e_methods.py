@@ -105,5 +105,11 @@ def test_each_method_is_a_child_mlflow_run(methods_project):
         assert children[f"distill/{run}"].data.tags["kdpipe.method"] == cfg["method"]
     artifacts = {a.path for a in client.list_artifacts(children["distill/rail_l"].info.run_id)}
     assert {"layer_mapping.txt", "epoch_records_main.txt"} <= artifacts
+    # each tinybert phase is a run nested in the stage's run, with its own curves
     tiny = children["distill/tinybert"].info.run_id
-    assert client.get_metric_history(tiny, "ild/train/attention") and client.get_metric_history(tiny, "pred/dev/f1")
+    phases = {c.info.run_name: c.info.run_id for c in client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tiny}'")}
+    assert set(phases) == {"tinybert/ild", "tinybert/pred"}
+    assert client.get_metric_history(phases["tinybert/ild"], "train/attention")
+    assert client.get_metric_history(phases["tinybert/pred"], "dev/f1")
+    assert (root / "plots/phases/tinybert/ild_train.csv").exists()

@@ -149,3 +149,26 @@ def test_interrupted_sps_run_resumes_to_the_same_shared_weights(setup, tmp_path,
 def test_select_by_loss_keeps_the_lowest_dev_loss(setup, tmp_path):
     _, result = run(setup, tmp_path, select="best", select_by="loss", epochs=4)
     assert result.best_dev["loss"] == min(r["loss"] for r in result.dev_curve)
+
+
+@pytest.mark.parametrize("preset", ["qkv_cr", "ah_cr"])
+def test_cr_ild_mixup_and_clean_pass_train_and_resume_exactly(setup, tmp_path, preset):
+    """The engine mixes teacher and student inputs with the method's lambda, runs the clean pass
+    only once the consistency weight is on (epoch 1 of 2), and a resumed run redraws the same
+    mixtures: the same weights as an uninterrupted run."""
+    kw = dict(method="cr_ild", method_params={"preset": preset}, select="last", return_method=True)
+    reference, ref_result, ref_method = run(setup, tmp_path / "a", **kw)
+    rows = ref_result.train_curve
+    assert all(0.5 <= r["mixup_lambda"] <= 1 for r in rows)
+    weights = [r["consistency_weight"] for r in rows]  # logged every 2 steps; 6 steps per epoch
+    assert weights == pytest.approx([0.0, 0.0, 0.0, 0.05, 0.05, 0.05])
+    assert "consistency" not in rows[0]  # no clean pass while its weight is 0
+    assert rows[-1]["consistency"] > 0
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "b", stop=5, **kw)
+    resumed, result, method = run(setup, tmp_path / "b", **kw)
+    assert result.resumed_from_step == 4
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(ref_method.state_dict().items(), method.state_dict().values()):
+        assert torch.equal(a, b), name

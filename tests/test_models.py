@@ -4,7 +4,7 @@ import torch
 from kdpipe.models import (ModelError, build_student, count_parameters, encoder_layers, load_classifier,
                            resolve_model_path, save_model, select_layers)
 
-from conftest import tiny_bert, tiny_distilbert
+from conftest import padded_batch, tiny_bert, tiny_distilbert
 
 
 @pytest.mark.parametrize("choice, expected", [
@@ -59,3 +59,32 @@ def test_student_round_trips_through_save_pretrained(tmp_path, tokenizer):
 def test_model_path_errors(tmp_path):
     with pytest.raises(ModelError, match="not a model folder"):
         resolve_model_path(str(tmp_path))
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_distilbert])
+def test_set_attention_heads_reshapes_the_same_weights(make):
+    """MLKD-BERT's free head count: the same parameters, heads of d/A, reversible."""
+    from kdpipe.models import ModelError, count_parameters, set_attention_heads
+    from kdpipe.taps import Needs, num_heads, run_model
+
+    model = make()
+    with torch.no_grad():  # sharper attention than the random init's near-uniform one
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("query.weight", "key.weight", "q_lin.weight", "k_lin.weight")):
+                p.mul_(30)
+    inputs = padded_batch(8)
+    if "token_type_ids" not in model.forward.__code__.co_varnames:
+        inputs.pop("token_type_ids")
+    last = Needs(hidden_states=True, layers=frozenset({2}))
+    before = run_model(model, inputs, last).hidden_states[2]
+    n_params = count_parameters(model)
+    set_attention_heads(model, 2)  # width 32: 4 heads of 8 -> 2 heads of 16
+    assert num_heads(model) == 2 and count_parameters(model) == n_params
+    out = run_model(model, inputs, Needs(qkv=True, layers=frozenset({1})))
+    assert out.query[1].shape == (2, 2, 8, 16)
+    # wider heads attend differently ...
+    assert (run_model(model, inputs, last).hidden_states[2] - before).abs().max() > 1e-2
+    set_attention_heads(model, 4)  # ... and it is only a reshape: back to the same function
+    torch.testing.assert_close(run_model(model, inputs, last).hidden_states[2], before)
+    with pytest.raises(ModelError, match="5 attention heads do not divide the hidden width 32"):
+        set_attention_heads(model, 5)

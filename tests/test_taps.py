@@ -10,7 +10,7 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification)
 
-from conftest import tiny_bert, tiny_distilbert
+from conftest import padded_batch, tiny_bert, tiny_distilbert
 from kdpipe.taps import (ModelOutputs, Needs, attention_scores, cls_vector, masked_mean, mean_pooled,
                          run_model)
 
@@ -432,3 +432,29 @@ def test_gradients_flow_from_captured_states_to_the_student():
     # nothing above layer 2 was involved
     assert layers[2].attention.self.query.weight.grad is None
     assert model.classifier.weight.grad is None
+
+
+def test_taps_reach_inside_a_ddp_style_wrapper():
+    """Under `accelerate launch` the engine passes a DistributedDataParallel wrapper, which has
+    no config or layers of its own: hooks must go on ``wrapper.module``."""
+    import torch
+    from torch import nn
+
+    from kdpipe.taps import Needs, run_model
+
+    class Wrapper(nn.Module):  # what DDP looks like from outside: .module, forward passes through
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kw):
+            return self.module(**kw)
+
+    model = tiny_bert()
+    inputs = padded_batch(8)
+    needs = Needs(hidden_states=True, qkv=True, context=True)
+    direct, wrapped = run_model(model, inputs, needs), run_model(Wrapper(model), inputs, needs)
+    for layer in range(1, 5):
+        torch.testing.assert_close(wrapped.query[layer], direct.query[layer], rtol=0, atol=0)
+        torch.testing.assert_close(wrapped.context[layer], direct.context[layer], rtol=0, atol=0)
+    torch.testing.assert_close(wrapped.hidden_states[0], direct.hidden_states[0], rtol=0, atol=0)

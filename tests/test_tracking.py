@@ -58,3 +58,26 @@ def test_disabled_tracking_touches_nothing(repo):
         assert isinstance(t, NullTracker)
         t.log_metrics({"x": 1})
     assert not (repo / "mlflow.db").exists()
+
+
+def test_phases_are_runs_nested_in_their_stage_run(repo):
+    """A multi-phase method's phases (and PTP's students) get child runs of the stage's run, with
+    their own metrics; the stage run keeps its own."""
+    import mlflow
+
+    with stage_run("distill", experiment="n", run_name="distill/tb", tags={"kdpipe.run": "tb"}) as stage:
+        for phase, loss in (("ild", 2.0), ("pred", 1.0)):
+            with stage.child(f"tb/{phase}", {"kdpipe.phase": phase}) as child:
+                child.log_metrics({"train/loss": loss}, step=1)
+        stage.log_metrics({"best_dev": 0.5})
+    client = mlflow.MlflowClient(tracking_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("n").experiment_id])}
+    stage_id = runs["distill/tb"].info.run_id
+    for phase, loss in (("ild", 2.0), ("pred", 1.0)):
+        child = runs[f"tb/{phase}"]
+        assert child.data.tags["mlflow.parentRunId"] == stage_id
+        assert child.data.tags["kdpipe.phase"] == phase and child.data.tags["kdpipe.run"] == "tb"
+        assert child.data.metrics == {"train/loss": loss} and child.info.status == "FINISHED"
+    assert runs["distill/tb"].data.metrics == {"best_dev": 0.5}
+    with NullTracker().child("x") as null:  # tracking off: phases log nowhere
+        null.log_metrics({"a": 1})

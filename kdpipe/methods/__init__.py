@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from kdpipe.methods.base import FineTune, Method, MethodConfigError, MethodParams, ModelShape, Shapes
 from kdpipe.methods.alp_kd import AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap
+from kdpipe.methods.cr_ild import CRILD
+from kdpipe.methods.mlkd import MLKD
 from kdpipe.methods.pkd import PKD, PeaKD
 from kdpipe.methods.rail_kd import RailKDConcat, RailKDLayerwise
 from kdpipe.methods.tinybert import TinyBERT
@@ -17,6 +19,8 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     TinyBERT,   # attention scores + hidden states, then logits (two phases)
     RailKDLayerwise, RailKDConcat,                  # random sorted teacher layers, mean-pooled
     AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap,    # attention over teacher layers' [CLS]
+    MLKD,       # token/MHA-split relations + hidden states, then sample relations + logits (two phases)
+    CRILD,      # last-layer ILD on mixup inputs (+ consistency), then logits (two phases)
 )}
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from kdpipe.mapping import LayerMap, MappingError, build_mapping
-from kdpipe.taps import ModelOutputs, Needs
+from kdpipe.taps import Mixup, ModelOutputs, Needs
 
 
 class MethodParams(BaseModel):
@@ -61,6 +61,11 @@ class Method(nn.Module):
     ``student_defaults``: student settings the method implies (see ``Params.run_student``).
     ``phases``: a multi-phase method is trained once per phase, each phase starting from the
     student the previous one selected; ``phase_train`` gives each phase's default train settings.
+    ``label_free_phases``: phases whose losses never read labels, so they may also train on
+    supplementary unlabeled text (``distill.runs.<run>.supplementary``).
+    ``mixup``/``needs_clean_pass``: a method that mixes inputs (CR-ILD) returns the step's
+    ``Mixup``; the engine runs teacher and student on it, plus a no-grad clean student pass
+    (``ModelOutputs.clean``) when the method asks for one.
     """
 
     name: ClassVar[str] = "method"  # the registry name used in params.yaml
@@ -68,6 +73,7 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     teacher_cacheable: ClassVar[bool] = False
     phases: ClassVar[tuple[str, ...]] = ("main",)
+    label_free_phases: ClassVar[tuple[str, ...]] = ()
     needs_shapes: ClassVar[bool] = False  # intermediate-layer methods resolve mappings from shapes
     # A preset's student settings (pea_kd: PTP init, SPS), over the `student` section and under
     # the run's own `student:` overrides.
@@ -82,7 +88,7 @@ class Method(nn.Module):
             raise MethodConfigError(f"{self.name}: needs the student and teacher shapes (layers, width, heads)")
         self.params, self.regression, self.shapes = params, regression, shapes
         self.phase = self.phases[0]
-        self.epoch, self.step = 0, 0
+        self.epoch, self.step, self.epochs = 0, 0, 1
 
     def resolve_mapping(self, strategy, **kwargs) -> LayerMap:
         """``build_mapping`` for this method's shapes; its errors become ``MethodConfigError``."""
@@ -109,9 +115,21 @@ class Method(nn.Module):
         """Default train-setting overrides of ``phase`` (the user's params override these)."""
         return {}
 
+    def begin_training(self, epochs: int) -> None:
+        """Called once before a phase trains: how many epochs it runs (started ones count)."""
+        self.epochs = epochs
+
     def begin_step(self, epoch: int, step: int) -> None:
         """Called before every training step (step counts from 0 within the phase)."""
         self.epoch, self.step = epoch, step
+
+    def mixup(self, batch_size: int, device) -> Mixup | None:
+        """The input mixing of the current step, or None (the default: clean inputs)."""
+        return None
+
+    @property
+    def needs_clean_pass(self) -> bool:
+        return False
 
     def epoch_record(self, epoch: int) -> dict | None:
         """Something to log at the start of each epoch (RAIL-KD: the layers drawn), or None."""

@@ -95,6 +95,7 @@ class TinyBERT(Method):
     name = "tinybert"
     Params = TinyBERTParams
     phases = ("ild", "pred")
+    label_free_phases = ("ild",)
     needs_shapes = True
 
     def __init__(self, params: TinyBERTParams, regression: bool, shapes=None):
