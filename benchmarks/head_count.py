@@ -5,8 +5,9 @@ count), relative to the teacher's head count, in PyTorch and in the exported ONN
 
 The student is the packaged MiniLM (width 384, 12 heads) cut to ``--student-layers`` layers; a
 head count only reshapes Q/K/V, so every variant has the same weights and parameter count.
-Forwards go round-robin over the variants on the same real tweets, so drift in the machine's
-speed hits them all alike; each ratio is median(variant) / median(teacher's head count).
+Forwards go round-robin over the head counts on the same real tweets (PyTorch first, then
+onnxruntime), so drift in the machine's speed hits them all alike; each ratio is
+median(variant) / median(teacher's head count).
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ def main() -> None:
                 path = Path(tmp) / f"h{h}_b{batch}.onnx"
                 export_onnx(model, inputs, path)
                 sessions[h] = make_session(path)
-            times = {(kind, h): [] for kind in ("torch", "onnx") for h in variants}
-            for round_ in range(args.rounds + 3):  # 3 warm-up rounds
-                for h, model in variants.items():
-                    t = _timed(lambda: model(**inputs))
-                    o = _timed(lambda: session_logits(sessions[h], feeds))
-                    if round_ >= 3:
-                        times["torch", h].append(t)
-                        times["onnx", h].append(o)
+            runners = {"torch": {h: (lambda m=m: m(**inputs)) for h, m in variants.items()},
+                       "onnx": {h: (lambda s=s: session_logits(s, feeds)) for h, s in sessions.items()}}
+            times = {(kind, h): [] for kind in runners for h in variants}
+            # One runtime at a time (onnxruntime's spinning threads would slow torch down), the
+            # head counts round-robin within it.
+            for kind, fns in runners.items():
+                for round_ in range(args.rounds + 3):  # 3 warm-up rounds
+                    for h, fn in fns.items():
+                        ms = _timed(fn)
+                        if round_ >= 3:
+                            times[kind, h].append(ms)
             same = np.abs(session_logits(sessions[args.heads[0]], feeds)
                           - variants[args.heads[0]](**inputs).logits.numpy()).max()
             print(f"batch {batch} (seq {inputs['input_ids'].shape[1]}), onnx-vs-torch max |diff| {same:.1e}")
