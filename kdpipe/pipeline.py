@@ -7,6 +7,7 @@ Usable without DVC: ``prepare_data`` → ``train_teacher`` → ``distill`` → `
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import shutil
@@ -33,7 +34,7 @@ from kdpipe.models import (ModelError, build_student, count_parameters, load_cla
                            select_layers, set_attention_heads, with_new_head)
 from kdpipe.sps import apply_sps, physical_layers, sps_settings
 from kdpipe.taps import num_heads
-from kdpipe.tasks import TaskSpec, load_task
+from kdpipe.tasks import TaskDataError, TaskSpec, check_supplementary, load_task
 
 
 # ----------------------------------------------------------------------------------- preflight
@@ -60,15 +61,11 @@ def preflight(params: Params) -> None:
             raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
         build_run_method(params, run_name, config, regression=problem == "regression")
         extra = params.distill.runs[run_name].supplementary
-        where = f"params.yaml: distill.runs.{run_name}.supplementary"
-        if extra is not None and extra.file is not None \
-                and not (repo_root() / Path(extra.file).expanduser()).is_file():  # as tasks resolves it
-            raise ConfigError(f"{where}.file: {extra.file} not found")
-        if extra is not None and extra.task is not None:
+        if extra is not None:
             try:
-                get_task(extra.task)
-            except ValueError as e:
-                raise ConfigError(f"{where}.task: {e}") from None
+                check_supplementary(extra, params.task, repo_root(), f"distill.runs.{run_name}.supplementary")
+            except TaskDataError as e:
+                raise ConfigError(f"params.yaml: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -287,6 +284,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     student_encoder = Encoder(tokenizer, model_input_names(student, tokenizer), params.max_length)
     teacher_encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), params.max_length)
     phases, results = method.phases, {}
+    multi = len(phases) > 1  # each phase: its own nested MLflow run and checkpoint folder
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
     inputs = _fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), params.seed,
                           params.max_length, data_dir, teacher_dir, ptp_source)
@@ -304,13 +302,13 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
             if cached:  # cache rows are addressed by train index; supplementary rows have none
                 raise ConfigError(f"distill.runs.{run_name}.supplementary: phase {phase} reads the teacher cache")
             train_set = ConcatDataset([sets["train"], extra])
-        name = run_name if len(phases) == 1 else f"{run_name}/{phase}"
+        name = f"{run_name}/{phase}" if multi else run_name
         fingerprint = _fingerprint(inputs, phase, cfg.model_dump(), cached, len(train_set),
                                    extra_hash if train_set is not sets["train"] else None)
-        phase_dir = Path(checkpoint_dir) if len(phases) == 1 else Path(checkpoint_dir) / phase
-        with _phase_run(logger, name if len(phases) > 1 else None, {"kdpipe.phase": phase,
-                                                                    "kdpipe.method": run.method}) as tracker:
-            if len(phases) > 1 and tracker is not None:
+        phase_dir = Path(checkpoint_dir) / phase if multi else Path(checkpoint_dir)
+        with _phase_run(logger, name if multi else None,
+                        {"kdpipe.phase": phase, "kdpipe.method": run.method}) as tracker:
+            if multi and tracker is not None:
                 tracker.log_params({"phase": phase, "train": cfg.model_dump(), "train_examples": len(train_set)})
             result = _finished_phase(phase_dir, fingerprint, student)
             if result is None:
@@ -318,9 +316,9 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
                                checkpoint_dir=phase_dir, fingerprint=fingerprint,
                                teacher=teacher if live_teacher else None, teacher_cache=cache if cached else None,
                                logger=tracker, desc=name)
-                if len(phases) > 1:
+                if multi:
                     _mark_phase_done(phase_dir, fingerprint, result)
-            if len(phases) > 1 and tracker is not None:
+            if multi and tracker is not None:
                 tracker.log_metrics({"best_dev": result.best_dev, "last_dev": result.last_dev})
         results[phase] = (result, cfg, cached, len(train_set))
     final = results[phases[-1]][0]
@@ -329,7 +327,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
                            "effective_layers": num_layers(student), "parameters": count_parameters(student)},
                "teacher_signal": {p: "cache" if c else ("live" if method.needs_teacher else "none")
                                   for p, (_, _, c, _) in results.items()}}
-    if len(phases) > 1:
+    if multi:
         summary["phases"] = {p: {**_summary(r, spec), "train": cfg.model_dump(), "train_examples": n}
                              for p, (r, cfg, _, n) in results.items()}
     if table:
@@ -338,7 +336,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     if records:
         summary["epoch_records"] = records
     curve = _merge_phases({p: r for p, (r, *_) in results.items()})
-    if len(results) > 1 and is_main_process():  # a train and a dev curve per phase, each from step 0
+    if multi and is_main_process():  # a train and a dev curve per phase, each from step 0
         shutil.rmtree(Path(plots_dir) / "phases" / run_name, ignore_errors=True)
         for p, (r, *_) in results.items():
             write_csv(Path(plots_dir) / "phases" / run_name / f"{p}_train.csv", r.train_curve)
@@ -530,9 +528,9 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
                                           ev.latency_warmup, ev.latency_repeats)["median_ms"], 3)
         for b in ev.latency_batch_sizes}
     report["attention_heads"] = num_heads(model)
-    width = getattr(model.config, "hidden_size", None) or model.config.dim
+    width = ModelShape.of(model.config).hidden
     if compare_heads and compare_heads != report["attention_heads"] and width % compare_heads == 0:
-        reshaped = set_attention_heads(load_classifier(model_dir).eval(), compare_heads)
+        reshaped = set_attention_heads(copy.deepcopy(model), compare_heads)
         at_heads = {f"batch_{b}": round(torch_latency(reshaped, latency_inputs(sets["dev"], encoder, b),
                                                       ev.latency_warmup, ev.latency_repeats)["median_ms"], 3)
                     for b in ev.latency_batch_sizes}

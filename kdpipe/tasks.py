@@ -320,9 +320,8 @@ def supplementary_frame(cfg, task_cfg: TaskConfig, spec: TaskSpec, seed: int, ro
     """Unlabeled inputs (``SupplementaryConfig``) shaped like ``spec``'s splits: ``text_a``
     (+ ``text_b`` for a pair task) and a placeholder label.  A pair source joins its sentences
     for a single-sentence task; a single-sentence source cannot feed a pair task."""
+    check_supplementary(cfg, task_cfg, root, where)
     if cfg.task is not None:
-        if cfg.task == task_cfg.name:  # its own train set is already there; a re-read would undo caps
-            raise TaskDataError(f"{where}.task: {cfg.task!r} is the task itself; name another task or a file")
         other = TaskConfig(name=cfg.task, glue_dir=task_cfg.glue_dir, max_train_examples=cfg.max_examples)
         try:
             _, other_frames = load_task(other, seed, root)
@@ -331,8 +330,6 @@ def supplementary_frame(cfg, task_cfg: TaskConfig, spec: TaskSpec, seed: int, ro
         texts, origin = other_frames["train"], f"{where}.task ({cfg.task})"
     else:
         path = _resolve(cfg.file, root)
-        if not path.is_file():
-            raise TaskDataError(f"{where}.file: {path} not found")
         texts, origin = _text_file(path, cfg.text_columns, f"{where}.file"), f"{where}.file ({path})"
         if cfg.max_examples is not None:
             texts = _subsample(texts, cfg.max_examples, seed, stratify=False)
@@ -347,6 +344,20 @@ def supplementary_frame(cfg, task_cfg: TaskConfig, spec: TaskSpec, seed: int, ro
     placeholder = 0.0 if spec.problem == "regression" else 0
     columns = ["text_a", "text_b"] if spec.is_pair else ["text_a"]
     return texts[columns].assign(label=placeholder).reset_index(drop=True)
+
+
+def check_supplementary(cfg, task_cfg: TaskConfig, root: Path, where: str = "supplementary") -> None:
+    """Cheap checks of a ``SupplementaryConfig`` (run by every stage's preflight): a known task
+    other than the task itself, or an existing file."""
+    if cfg.task is not None:
+        if cfg.task == task_cfg.name:  # its own train set is already there; a re-read would undo caps
+            raise TaskDataError(f"{where}.task: {cfg.task!r} is the task itself; name another task or a file")
+        try:
+            get_task(cfg.task)
+        except TaskDataError as e:
+            raise TaskDataError(f"{where}.task: {e}") from None
+    elif not _resolve(cfg.file, root).is_file():
+        raise TaskDataError(f"{where}.file: {_resolve(cfg.file, root)} not found")
 
 
 def _text_file(path: Path, text_columns: list[str] | None, key: str) -> pd.DataFrame:

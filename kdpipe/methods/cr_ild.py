@@ -206,17 +206,13 @@ class CRILD(Method):
     def _consistency(self, student: ModelOutputs, layer: int) -> torch.Tensor:
         clean, mix = student.clean, student.mix
         clean_mask = clean.attention_mask if self.params.mask_padding else torch.ones_like(clean.attention_mask)
-
-        def row_kl(s, t, mask):
-            return masked_row_kl(s, t, mask)
-
         if self.objective == "qkv":
             mixed_rel, clean_rel = self._relations(student, layer), self._relations(clean, layer)
-            return sum(consistency_loss(row_kl, mixed_rel[x], clean_rel[x], clean_mask, mix) for x in mixed_rel)
+            return sum(consistency_loss(masked_row_kl, mixed_rel[x], clean_rel[x], clean_mask, mix) for x in mixed_rel)
         p, total = self.params, student.logits.new_zeros((), dtype=torch.float32)
         if p.attention_weight > 0:
             total = total + p.attention_weight * consistency_loss(
-                row_kl, student.attention_scores[layer], clean.attention_scores[layer], clean_mask, mix)
+                masked_row_kl, student.attention_scores[layer], clean.attention_scores[layer], clean_mask, mix)
         if p.hidden_weight > 0:
             total = total + p.hidden_weight * consistency_loss(
                 hidden_mse, self.fit_dense(student.hidden_states[layer]),

@@ -36,7 +36,7 @@ from torch import nn
 
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, kd_mse_loss
 from kdpipe.methods.relations import sample_relation_kl, supervised_contrastive, token_relation_kl
-from kdpipe.methods.tinybert import hidden_mse
+from kdpipe.methods.tinybert import ILD_PHASE_TRAIN, hidden_mse
 from kdpipe.projections import projection
 from kdpipe.taps import ModelOutputs, Needs, cls_vector
 
@@ -118,9 +118,7 @@ class MLKD(Method):
         return self.phase == "pred"  # logits and final [CLS]; ild reads token-level states
 
     def phase_train(self, phase: str) -> dict:
-        if phase == "ild":  # TinyBERT-style stage 1: constant LR, the last weights go on
-            return {"select": "last", "warmup_ratio": 0.0, "schedule": "constant"}
-        return {}
+        return dict(ILD_PHASE_TRAIN) if phase == "ild" else {}
 
     # ---- losses
     def losses(self, student: ModelOutputs, teacher: ModelOutputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:

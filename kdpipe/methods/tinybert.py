@@ -37,7 +37,12 @@ from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_l
 from kdpipe.projections import projection
 from kdpipe.taps import ModelOutputs, Needs
 
-__all__ = ["TinyBERT", "TinyBERTParams", "attention_score_mse", "hidden_mse", "soft_cross_entropy"]
+__all__ = ["ILD_PHASE_TRAIN", "TinyBERT", "TinyBERTParams", "attention_score_mse", "hidden_mse",
+           "soft_cross_entropy"]
+
+# TinyBERT step 1: constant LR, no warmup; dev accuracy means nothing without a trained head, so
+# the last checkpoint goes on rather than the best-on-dev one.  MLKD-BERT's stage 1 is the same.
+ILD_PHASE_TRAIN = {"select": "last", "warmup_ratio": 0.0, "schedule": "constant"}
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -140,11 +145,7 @@ class TinyBERT(Method):
         return self.phase == "pred"  # logits only; ild reads token-level states
 
     def phase_train(self, phase: str) -> dict:
-        if phase == "ild":
-            # TinyBERT step 1: constant LR, no warmup; dev accuracy means nothing without a trained
-            # head, so keep the last checkpoint rather than the best-on-dev one.
-            return {"select": "last", "warmup_ratio": 0.0, "schedule": "constant"}
-        return {}
+        return dict(ILD_PHASE_TRAIN) if phase == "ild" else {}
 
     # ---- losses
     def losses(self, student: ModelOutputs, teacher: ModelOutputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
