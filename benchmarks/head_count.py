@@ -27,12 +27,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kdpipe.config import TaskConfig  # noqa: E402
-from kdpipe.data import Encoder, model_input_names  # noqa: E402
-from kdpipe.export import export_onnx  # noqa: E402
-from kdpipe.models import (build_student, load_classifier, load_tokenizer, resolve_model_path,  # noqa: E402
-                           select_layers, set_attention_heads)
-from kdpipe.runtime import make_session, session_logits  # noqa: E402
-from kdpipe.tasks import load_task  # noqa: E402
+from kdpipe.data.batches import Encoder  # noqa: E402
+from kdpipe.models.family import EncoderFamily  # noqa: E402
+from kdpipe.export.convert import export_onnx  # noqa: E402
+from kdpipe.models.loading import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+from kdpipe.models.students import build_student, select_layers, set_attention_heads  # noqa: E402
+from kdpipe.export.runtime import make_session, session_logits  # noqa: E402
+from kdpipe.data.tasks import load_task  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
     variants = {h: set_attention_heads(copy.deepcopy(student), h) for h in args.heads}
     _, splits = load_task(TaskConfig(max_train_examples=max(args.batch_sizes)), 0, ".")
     texts = splits["train"]["text_a"].tolist()
-    encoder = Encoder(tokenizer, model_input_names(student, tokenizer), args.max_length)
+    encoder = Encoder(tokenizer, EncoderFamily.input_names(student, tokenizer), args.max_length)
     print(f"student {args.student_layers} layers x width 384, teacher {reference} heads; "
           f"{args.rounds} round-robin forwards per variant (median); torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():

@@ -25,14 +25,17 @@ apply_defaults()
 import torch  # noqa: E402
 
 from kdpipe.config import TaskConfig  # noqa: E402
-from kdpipe.data import DistillCollator, Encoder, TextDataset, model_input_names  # noqa: E402
-from kdpipe.engine import make_accelerator, teacher_signal  # noqa: E402
-from kdpipe.methods import ModelShape, Shapes, build_method  # noqa: E402
-from kdpipe.models import (build_student, load_classifier, load_tokenizer, resolve_model_path,  # noqa: E402
-                           select_layers)
-from kdpipe.taps import run_model  # noqa: E402
-from kdpipe.tasks import load_task  # noqa: E402
-from kdpipe.teacher_cache import TeacherCache, compute_teacher_cache  # noqa: E402
+from kdpipe.data.batches import DistillCollator, Encoder  # noqa: E402
+from kdpipe.data.splits import TextDataset  # noqa: E402
+from kdpipe.models.family import EncoderFamily  # noqa: E402
+from kdpipe.training.engine import make_accelerator, teacher_signal  # noqa: E402
+from kdpipe.methods.registry import build_method  # noqa: E402
+from kdpipe.models.adapters import ModelShape, Shapes  # noqa: E402
+from kdpipe.models.loading import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+from kdpipe.models.students import build_student, select_layers  # noqa: E402
+from kdpipe.models.taps import run_model  # noqa: E402
+from kdpipe.data.tasks import load_task  # noqa: E402
+from kdpipe.training.teacher_cache import TeacherCache, compute_teacher_cache  # noqa: E402
 
 # (label, method, params, phase, cached teacher)
 CASES = [
@@ -107,7 +110,7 @@ def main() -> None:
     teacher = load_classifier(base, 3).to(accelerator.device).eval().requires_grad_(False)
     _, splits = load_task(TaskConfig(max_train_examples=args.steps * args.batch_size), 0, ".")
     data = TextDataset(splits["train"])
-    enc = Encoder(tokenizer, model_input_names(teacher, tokenizer), args.max_length)
+    enc = Encoder(tokenizer, EncoderFamily.input_names(teacher, tokenizer), args.max_length)
     collate = DistillCollator(enc, enc, regression=False)
     batches = [collate([data[i] for i in range(s * args.batch_size, (s + 1) * args.batch_size)])
                for s in range(args.steps)]

@@ -66,7 +66,7 @@ def _add_tasks(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_tasks(args: argparse.Namespace) -> int:
-    from kdpipe.tasks import get_task, task_names
+    from kdpipe.data.tasks import get_task, task_names
 
     for name in task_names():
         if name == "custom":
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from kdpipe.runtime import OnnxTextClassifier  # onnxruntime import is slow; only when used
+    from kdpipe.export.runtime import OnnxTextClassifier  # onnxruntime import is slow; only when used
 
     texts, pairs = _predict_inputs(args)
     clf = OnnxTextClassifier.from_dir(args.export_dir, variant="int8" if args.int8 else "fp32",

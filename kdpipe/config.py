@@ -1,8 +1,10 @@
 """Typed params.yaml: one section per stage, validated before any work starts.
 
 Every section refuses unknown keys, so a typo (``temprature``) fails at once with the dotted
-path of the key at fault instead of being silently ignored.  Torch-free on purpose: the
-config is checked before anything heavy is imported.
+path of the key at fault instead of being silently ignored.  Torch-free and the bottom of the
+package (it imports nothing else of kdpipe): the schema is checked before anything heavy is
+imported.  What needs a method class (a run's method name and params, its student preset) is
+checked by ``kdpipe.methods.registry.check_runs``, which the stages' preflight runs.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ LayerChoice = Union[Literal["uniform", "first", "last"], list[int]]
 
 
 class SPSConfig(Strict):
-    """Shuffled Parameter Sharing (Pea-KD): L physical layers run as 2L (kdpipe/sps.py)."""
+    """Shuffled Parameter Sharing (Pea-KD): L physical layers run as 2L (kdpipe/models/sps.py)."""
 
     shuffle: Literal["upper_swap", "none", "random_per_step"] = "upper_swap"
 
@@ -239,23 +241,10 @@ class Params(Strict):
         try:
             return TrainConfig(**merged)
         except ValidationError as e:
-            raise ConfigError(_format(e, where, "params.yaml")) from None
+            raise ConfigError(format_validation_error(e, where, "params.yaml")) from None
 
 
-    def run_student(self, run_name: str) -> StudentConfig:
-        """The student of run ``run_name``: the ``student`` section, then the method's preset
-        (pea_kd: PTP init and SPS), then the run's own ``student:`` overrides."""
-        from kdpipe.methods import METHODS  # lazy: the registry imports torch
-
-        run = self.distill.runs[run_name]
-        merged = {**self.student.model_dump(), **METHODS[run.method].student_defaults, **run.student}
-        try:
-            return StudentConfig(**merged)
-        except ValidationError as e:
-            raise ConfigError(_format(e, f"distill.runs.{run_name}.student", "params.yaml")) from None
-
-
-def _format(err: ValidationError, prefix: str, source: str) -> str:
+def format_validation_error(err: ValidationError, prefix: str, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -266,7 +255,7 @@ def _format(err: ValidationError, prefix: str, source: str) -> str:
     return f"{source}: invalid params\n" + "\n".join(lines)
 
 
-def _suggest(bad: str, known) -> str:
+def suggest(bad: str, known) -> str:
     close = difflib.get_close_matches(bad, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -278,39 +267,12 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     unknown = [k for k in raw if k not in Params.model_fields]
     if unknown:
         raise ConfigError(
-            f"{source}: unknown top-level key {unknown[0]!r}{_suggest(unknown[0], Params.model_fields)}")
+            f"{source}: unknown top-level key {unknown[0]!r}{suggest(unknown[0], Params.model_fields)}")
     try:
         params = Params(**raw)
     except ValidationError as e:
-        raise ConfigError(_format(e, "", source)) from None
-    _check_runs(params, source)
+        raise ConfigError(format_validation_error(e, "", source)) from None
     return params
-
-
-def _check_runs(params: Params, source: str) -> None:
-    from kdpipe.methods import METHODS  # lazy: the registry imports torch
-
-    for name, run in params.distill.runs.items():
-        if run.method not in METHODS:
-            raise ConfigError(
-                f"{source}: distill.runs.{name}.method: unknown method {run.method!r}"
-                f"{_suggest(run.method, METHODS)}; known: {', '.join(sorted(METHODS))}")
-        cls = METHODS[run.method]
-        try:
-            cls.Params(**run.method_params)
-        except ValidationError as e:
-            raise ConfigError(_format(e, f"distill.runs.{name}", source)) from None
-        if run.supplementary is not None and not cls.label_free_phases:
-            raise ConfigError(f"{source}: distill.runs.{name}.supplementary: {run.method} has no label-free phase "
-                              f"to train on unlabeled text (mlkd, cr_ild and tinybert have one)")
-        unknown = sorted(set(run.phases) - set(cls.phases))
-        if unknown:
-            raise ConfigError(f"{source}: distill.runs.{name}.phases: {run.method} has no phase {unknown[0]!r} "
-                              f"(its phases: {', '.join(cls.phases)})")
-        params.run_train_config(name)
-        params.run_student(name)
-        for phase in run.phases:
-            params.run_train_config(name, phase)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdpipe.config import ConfigError, Params, load_params
 from kdpipe.env import apply_defaults, repo_root
-
-apply_defaults()
-
-from kdpipe.config import ConfigError, Params, load_params  # noqa: E402
 
 
 @dataclass
@@ -29,9 +26,9 @@ class StageContext:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from kdpipe.models import ModelError
-    from kdpipe.pipeline import ExportCheckError
-    from kdpipe.tasks import TaskDataError
+    from kdpipe.data.tasks import TaskDataError
+    from kdpipe.models.family import ModelError
+    from kdpipe.pipeline.export import ExportCheckError
     return ConfigError, ModelError, TaskDataError, ExportCheckError, FileNotFoundError
 
 
@@ -51,16 +48,17 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
     """``sections`` are the params.yaml sections this stage reads (logged as the run's params)."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary outputs are cleaned up
     # and the MLflow run is marked KILLED instead of the process vanishing mid-write.
+    apply_defaults()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     root = repo_root()
     try:
         params = load_params(root / "params.yaml")
-        from kdpipe.pipeline import preflight
+        from kdpipe.pipeline.preflight import preflight
         preflight(params)
     except _user_errors() as e:
         _fail(name, e, code=2)
-    from kdpipe.engine import is_main_process
     from kdpipe.tracking import stage_run
+    from kdpipe.training.engine import is_main_process
 
     is_main = is_main_process()
     dumped = params.model_dump()

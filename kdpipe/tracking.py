@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdpipe.env import apply_defaults, repo_root
-
-apply_defaults()
+from kdpipe.env import repo_root
 
 INVOCATION_TAG = "kdpipe.invocation"
 

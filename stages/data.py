@@ -3,7 +3,7 @@
 from kdpipe.stage import stage
 
 with stage("data", ["seed", "task"]) as s:
-    from kdpipe.pipeline import prepare_data
+    from kdpipe.pipeline.data import prepare_data
 
     rows = prepare_data(s.params, s.root, s.path("data/prepared"))
     s.tracker.log_metrics({f"rows.{split}": n for split, n in rows.items()})

@@ -7,16 +7,17 @@ from kdpipe.stage import stage
 run_name = sys.argv[1]
 with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run_name}",
            tags={"kdpipe.run": run_name}) as s:
-    from kdpipe.artifacts import write_json
-    from kdpipe.mapping import format_rows
-    from kdpipe.pipeline import distill
+    from kdpipe.files import write_json
+    from kdpipe.methods.mapping import format_rows
+    from kdpipe.methods.registry import run_student
+    from kdpipe.pipeline.distill import distill
 
     if run_name not in s.params.distill.runs:
         raise SystemExit(f"kdpipe distill: error: no run {run_name!r} under distill.runs in params.yaml")
     run = s.params.distill.runs[run_name]
     s.tracker.set_tags({"kdpipe.method": run.method})
     s.tracker.log_params({"run": run.model_dump(), "train": s.params.run_train_config(run_name).model_dump(),
-                          "run_student": s.params.run_student(run_name).model_dump()})
+                          "run_student": run_student(s.params, run_name).model_dump()})
     summary = distill(s.params, run_name, s.path("data/prepared"), s.path("models/teacher"),
                       s.path(f"models/students/{run_name}"), s.path(f"checkpoints/distill/{run_name}"),
                       s.path("plots"), logger=s.tracker, teacher_cache_dir=s.path("data/teacher_outputs"),

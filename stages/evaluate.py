@@ -3,9 +3,9 @@
 from kdpipe.stage import stage
 
 with stage("evaluate", ["evaluate"]) as s:
-    from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import evaluate_models, tradeoff_rows
-    from kdpipe.report import plot_curves, plot_tradeoff
+    from kdpipe.files import write_json
+    from kdpipe.pipeline.evaluate import evaluate_models, tradeoff_rows
+    from kdpipe.evaluation.charts import plot_curves, plot_tradeoff
 
     report = evaluate_models(s.params, s.path("data/prepared"), s.path("models/teacher"),
                              s.path("models/students"))

@@ -6,8 +6,8 @@ from kdpipe.stage import stage
 
 run_name = sys.argv[1]
 with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.run": run_name}) as s:
-    from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import export_student
+    from kdpipe.files import write_json
+    from kdpipe.pipeline.export import export_student
     from kdpipe.tracking import log_onnx_model
 
     out = s.path(f"exports/{run_name}")

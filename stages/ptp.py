@@ -1,11 +1,11 @@
 """Stage `ptp`: Pea-KD's Pretraining with Teacher's Predictions, one student per architecture
-that a run with `student.init: ptp` asks for (see kdpipe/ptp.py)."""
+that a run with `student.init: ptp` asks for (see kdpipe/pipeline/ptp.py)."""
 
 from kdpipe.stage import stage
 
 with stage("ptp", ["seed", "max_length", "student", "ptp"]) as s:
-    from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import pretrain_ptp
+    from kdpipe.files import write_json
+    from kdpipe.pipeline.ptp import pretrain_ptp
 
     meta = pretrain_ptp(s.params, s.path("data/prepared"), s.path("models/teacher"), s.path("models/ptp"),
                         s.path("checkpoints/ptp"), logger=s.tracker)

@@ -3,8 +3,8 @@
 from kdpipe.stage import stage
 
 with stage("teacher", ["seed", "max_length", "teacher"]) as s:
-    from kdpipe.artifacts import write_json
-    from kdpipe.pipeline import train_teacher
+    from kdpipe.files import write_json
+    from kdpipe.pipeline.teacher import train_teacher
 
     summary = train_teacher(s.params, s.path("data/prepared"), s.path("models/teacher"),
                             s.path("checkpoints/teacher"), s.path("plots"), logger=s.tracker)

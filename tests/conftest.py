@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+import pytest
 
-import pytest  # noqa: E402
+from kdpipe.env import apply_defaults
+
+apply_defaults()  # as every entry point does, before transformers and mlflow are imported
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
@@ -74,7 +73,7 @@ def forward_pair(method, student, teacher, inputs: dict, teacher_grad: bool = Fa
     """(student outputs, teacher outputs) capturing what ``method`` needs from each."""
     import torch
 
-    from kdpipe.taps import run_model
+    from kdpipe.models.taps import run_model
 
     with torch.set_grad_enabled(teacher_grad):
         t_out = run_model(teacher, inputs, method.teacher_needs)

@@ -18,8 +18,9 @@ from kdpipe.methods.alp_kd import (
     fuse_layers,
     layer_attention,
 )
-from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes
-from kdpipe.taps import ModelOutputs, cls_vector
+from kdpipe.methods.base import MethodConfigError
+from kdpipe.models.adapters import ModelShape, Shapes
+from kdpipe.models.taps import ModelOutputs, cls_vector
 
 SHAPES = Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(4, 32, 4))  # the tiny_bert pair below
 VARIANTS = [AlpKD, AlpKDNonOverlap, AlpKDPartialOverlap]

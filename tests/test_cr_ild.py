@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from conftest import padded_batch, tiny_bert
-from kdpipe.methods import MethodConfigError, ModelShape, Shapes, build_method
+from kdpipe.methods.base import MethodConfigError
+from kdpipe.methods.registry import build_method
+from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.base import kd_kl_loss
 from kdpipe.methods.cr_ild import PRESETS, consistency_loss, draw_mixup_lambda
 from kdpipe.methods.relations import masked_row_kl
-from kdpipe.models import build_student, set_attention_heads
-from kdpipe.taps import Mixup, ModelOutputs, Needs, run_model
+from kdpipe.models.students import build_student, set_attention_heads
+from kdpipe.models.taps import Mixup, ModelOutputs, Needs, run_model
 
 SAME_HEADS = Shapes(ModelShape(2, 32, 4), ModelShape(4, 32, 4))
 EQUAL_LENGTHS = [[101, 7592, 2088, 2003, 102], [101, 2023, 2003, 1037, 102]]

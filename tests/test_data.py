@@ -1,7 +1,9 @@
 import pandas as pd
 import torch
 
-from kdpipe.data import DistillCollator, Encoder, EpochShuffleSampler, TextDataset, model_input_names
+from kdpipe.data.batches import DistillCollator, Encoder, EpochShuffleSampler
+from kdpipe.data.splits import TextDataset
+from kdpipe.models.family import EncoderFamily
 
 from conftest import tiny_bert, tiny_distilbert
 
@@ -9,10 +11,10 @@ from conftest import tiny_bert, tiny_distilbert
 def test_teacher_and_student_inputs_are_built_separately(tokenizer):
     """A DistilBERT student takes no token_type_ids; the BERT teacher must still get real ones."""
     teacher, student = tiny_bert(), tiny_distilbert()
-    assert model_input_names(student, tokenizer) == ["input_ids", "attention_mask"]
-    assert "token_type_ids" in model_input_names(teacher, tokenizer)
-    collator = DistillCollator(Encoder(tokenizer, model_input_names(student, tokenizer), 32),
-                               Encoder(tokenizer, model_input_names(teacher, tokenizer), 32), regression=False)
+    assert EncoderFamily.input_names(student, tokenizer) == ["input_ids", "attention_mask"]
+    assert "token_type_ids" in EncoderFamily.input_names(teacher, tokenizer)
+    collator = DistillCollator(Encoder(tokenizer, EncoderFamily.input_names(student, tokenizer), 32),
+                               Encoder(tokenizer, EncoderFamily.input_names(teacher, tokenizer), 32), regression=False)
     data = TextDataset(pd.DataFrame({"text_a": ["first one", "a second, longer premise here"],
                                      "text_b": ["hypothesis", "another"], "label": [0, 2]}))
     batch = collator([data[0], data[1]])

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from kdpipe.config import ConfigError, SupplementaryConfig, TaskConfig, parse_params
-from kdpipe.tasks import TaskDataError, add_label_noise, get_task, load_task, supplementary_frame
+from kdpipe.methods.registry import check_runs
+from kdpipe.data.tasks import TaskDataError, add_label_noise, get_task, load_task, supplementary_frame
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -103,7 +104,7 @@ def test_supplementary_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"distill\.runs\.c\.supplementary.*exactly one"):
         parse_params({"distill": {"runs": {"c": {"method": "cr_ild", "supplementary": {}}}}})
     with pytest.raises(ConfigError, match=r"distill\.runs\.k\.supplementary: vanilla_kd has no label-free phase"):
-        parse_params({"distill": {"runs": {"k": {"method": "vanilla_kd", "supplementary": {"task": "cola"}}}}})
+        check_runs(parse_params({"distill": {"runs": {"k": {"method": "vanilla_kd", "supplementary": {"task": "cola"}}}}}))
     run = parse_params({"distill": {"runs": {"c": {"method": "cr_ild", "supplementary": {"task": "cola"}}}}})
     assert run.distill.runs["c"].method_params == {}  # supplementary is not a method param
 

@@ -167,7 +167,11 @@ def test_predict_cli_uses_the_exported_student(project):
 
 def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path):
     from kdpipe.config import parse_params
-    from kdpipe.pipeline import distill, evaluate_models, export_student, prepare_data, train_teacher
+    from kdpipe.pipeline.data import prepare_data
+    from kdpipe.pipeline.distill import distill
+    from kdpipe.pipeline.evaluate import evaluate_models
+    from kdpipe.pipeline.export import export_student
+    from kdpipe.pipeline.teacher import train_teacher
 
     raw = tiny_params(glue_dir, "stsb", {"kd": {"method": "vanilla_kd"}})
     raw["export"]["int8_max_drop"] = 1.0
@@ -196,8 +200,9 @@ def test_two_processes_train_one_teacher(project, tmp_path):
     assert summary["steps"] == 2  # 64 examples / (16 per process x 2 processes)
     # the gathered dev score equals a single-process evaluation of the saved model on all 48 rows
     from kdpipe.config import load_params
-    from kdpipe.pipeline import _datasets, evaluate_model
-    spec, sets = _datasets(tmp_path / "data/prepared")
+    from kdpipe.data.splits import load_datasets
+    from kdpipe.pipeline.evaluate import evaluate_model
+    spec, sets = load_datasets(tmp_path / "data/prepared")
     alone = evaluate_model(load_params(tmp_path / "params.yaml"), tmp_path / "models/teacher", spec, sets)
     assert summary["best_dev"]["accuracy"] == pytest.approx(alone["dev"]["accuracy"], abs=1e-9)
     assert summary["best_dev"]["loss"] == pytest.approx(alone["dev"]["loss"], abs=1e-4)
@@ -246,7 +251,7 @@ def test_teacher_training_is_reproducible_whatever_the_rng_state(project, tmp_pa
     (the new classification head must be drawn after seeding)."""
     import torch
     from kdpipe.config import load_params
-    from kdpipe.pipeline import train_teacher
+    from kdpipe.pipeline.teacher import train_teacher
 
     root, _ = project
     params = load_params(root / "params.yaml")

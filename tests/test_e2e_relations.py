@@ -68,8 +68,9 @@ def test_the_mlkd_student_runs_and_exports_with_its_own_head_count(relations_pro
     import pandas as pd
     import torch
 
-    from kdpipe.models import load_classifier, load_tokenizer, set_attention_heads
-    from kdpipe.runtime import OnnxTextClassifier
+    from kdpipe.models.loading import load_classifier, load_tokenizer
+    from kdpipe.models.students import set_attention_heads
+    from kdpipe.export.runtime import OnnxTextClassifier
 
     root, _ = relations_project
     report = json.loads((root / "metrics/evaluate.json").read_text())

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from kdpipe.config import TrainConfig
-from kdpipe.data import DistillCollator, Encoder, TextDataset
-from kdpipe.engine import train
-from kdpipe.methods import ModelShape, Shapes, build_method
-from kdpipe.tasks import TaskSpec
+from kdpipe.data.batches import DistillCollator, Encoder
+from kdpipe.data.splits import TextDataset
+from kdpipe.training.engine import train
+from kdpipe.methods.registry import build_method
+from kdpipe.models.adapters import ModelShape, Shapes
+from kdpipe.data.tasks import TaskSpec
 
 from conftest import tiny_bert
 
@@ -38,7 +40,7 @@ def run(setup, tmp_path, *, method="vanilla_kd", teacher=True, stop=None, finger
     train_set, dev_set, collator = setup
     student = tiny_bert(num_labels=2, layers=2, seed=1)
     if sps:
-        from kdpipe.sps import apply_sps
+        from kdpipe.models.sps import apply_sps
         apply_sps(student, sps)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 4, "log_every": 2,
                          "eval_every": 3, **cfg})
@@ -134,7 +136,7 @@ def test_constant_schedule_keeps_the_learning_rate_after_warmup(setup, tmp_path)
 def test_interrupted_sps_run_resumes_to_the_same_shared_weights(setup, tmp_path, shuffle):
     """Checkpoints hold each shared tensor once; the resumed student still shares them, and the
     random Q/K swaps replay from the restored RNG."""
-    from kdpipe.models import encoder_layers
+    from kdpipe.models.adapters import encoder_layers
     reference, _ = run(setup, tmp_path / "a", select="last", sps=shuffle)
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path / "b", select="last", stop=5, sps=shuffle)

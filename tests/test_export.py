@@ -21,8 +21,8 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
-from kdpipe import export
-from kdpipe.export import export_onnx, onnx_latency, onnx_logits, parity, quantize_int8
+from kdpipe.export import convert as export
+from kdpipe.export.convert import export_onnx, onnx_latency, onnx_logits, parity, quantize_int8
 
 VOCAB = 30522  # MiniLM's, so real token ids would also fit
 

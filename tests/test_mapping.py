@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe.mapping import LayerMap, MappingError, build_mapping, format_table
+from kdpipe.methods.mapping import LayerMap, MappingError, build_mapping, format_table
 
 
 # ------------------------------------------------------------------------- one-to-one strategies

@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from kdpipe.metrics import compute_metrics, is_better
-from kdpipe.tasks import TaskSpec, get_task
+from kdpipe.evaluation.metrics import compute_metrics, is_better
+from kdpipe.data.tasks import TaskSpec, get_task
 
 BINARY = TaskSpec("bin", "classification", ("neg", "pos"), 1, ("accuracy", "f1", "matthews"), "accuracy")
 THREE = TaskSpec("three", "classification", ("a", "b", "c"), 1, ("accuracy", "macro_f1"), "accuracy")

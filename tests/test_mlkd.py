@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from conftest import forward_pair, padded_batch, tiny_bert
-from kdpipe.methods import MethodConfigError, ModelShape, Shapes, build_method
+from kdpipe.methods.base import MethodConfigError
+from kdpipe.methods.registry import build_method
+from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.base import kd_kl_loss
-from kdpipe.models import (ModelError, build_student, count_parameters, load_classifier, save_model,
-                           set_attention_heads)
-from kdpipe.taps import ModelOutputs, Needs, run_model
+from kdpipe.models.family import ModelError
+from kdpipe.models.loading import count_parameters, load_classifier, save_model
+from kdpipe.models.students import build_student, set_attention_heads
+from kdpipe.models.taps import ModelOutputs, Needs, run_model
 
 SHAPES = Shapes(ModelShape(2, 32, 2), ModelShape(4, 32, 4))
 PAIRS = [(1, 2), (2, 4)]  # uniform: student layer n <- teacher layer 2n

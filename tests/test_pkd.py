@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import forward_pair, padded_batch, tiny_bert
 
-from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes, kd_kl_loss
+from kdpipe.methods.base import MethodConfigError, kd_kl_loss
+from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.pkd import PKD, patient_loss
-from kdpipe.taps import ModelOutputs, run_model
+from kdpipe.models.taps import ModelOutputs, run_model
 
 def shapes(student_layers=2, teacher_layers=4, student_hidden=32, teacher_hidden=32) -> Shapes:
     return Shapes(student=ModelShape(student_layers, student_hidden, 4), teacher=ModelShape(teacher_layers,

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdpipe.ptp import (PTP_CLASSES, auto_thresholds, class_histogram, ptp_labels, resolve_thresholds,
-                        teacher_confidence)
+from kdpipe.methods.pea_kd import PTP_CLASSES, auto_thresholds, class_histogram, ptp_labels, resolve_thresholds, teacher_confidence
 
 
 def two_class_logits(confidences, predicted):
@@ -77,8 +76,8 @@ def test_histogram_lists_empty_classes():
 
 # ------------------------------------------------------------------------------------ stage
 def _prepared(tmp_path, problem):
-    from kdpipe.data import save_splits
-    from kdpipe.tasks import TaskSpec
+    from kdpipe.data.splits import save_splits
+    from kdpipe.data.tasks import TaskSpec
     labels = None if problem == "regression" else ("a", "b")
     spec = TaskSpec(name="t", problem=problem, labels=labels, num_text_fields=1,
                     metrics=("pearson",) if problem == "regression" else ("accuracy",),
@@ -90,7 +89,7 @@ def _prepared(tmp_path, problem):
 
 def test_stage_skips_regression_and_says_why(tmp_path):
     from kdpipe.config import parse_params
-    from kdpipe.pipeline import pretrain_ptp
+    from kdpipe.pipeline.ptp import pretrain_ptp
     params = parse_params({"distill": {"runs": {"p": {"method": "pea_kd"}}}})
     said = []
     meta = pretrain_ptp(params, _prepared(tmp_path, "regression"), tmp_path / "no-teacher", tmp_path / "out",
@@ -101,7 +100,7 @@ def test_stage_skips_regression_and_says_why(tmp_path):
 
 def test_stage_without_ptp_runs_is_a_no_op(tmp_path):
     from kdpipe.config import parse_params
-    from kdpipe.pipeline import pretrain_ptp
+    from kdpipe.pipeline.ptp import pretrain_ptp
     params = parse_params({"distill": {"runs": {"kd": {"method": "vanilla_kd"}}}})
     meta = pretrain_ptp(params, _prepared(tmp_path, "classification"), tmp_path / "no-teacher", tmp_path / "out",
                         tmp_path / "ck", echo=lambda _: None)
@@ -110,7 +109,7 @@ def test_stage_without_ptp_runs_is_a_no_op(tmp_path):
 
 def test_one_ptp_student_per_architecture():
     from kdpipe.config import parse_params
-    from kdpipe.pipeline import ptp_students
+    from kdpipe.pipeline.ptp import ptp_students
     params = parse_params({"distill": {"runs": {
         "a": {"method": "pea_kd"}, "b": {"method": "pea_kd", "beta": 10.0},
         "c": {"method": "pea_kd", "student": {"sps": None}}, "d": {"method": "pea_kd", "student": {"init": "teacher"}},
@@ -120,10 +119,10 @@ def test_one_ptp_student_per_architecture():
 
 def test_missing_ptp_output_names_the_stage(tmp_path):
     from kdpipe.config import StudentConfig
-    from kdpipe.pipeline import _ptp_student_dir
+    from kdpipe.pipeline.ptp import ptp_encoder_dir
     with pytest.raises(FileNotFoundError, match="dvc repro ptp"):
-        _ptp_student_dir(tmp_path, StudentConfig(init="ptp"), print)
+        ptp_encoder_dir(tmp_path, StudentConfig(init="ptp"), print)
     (tmp_path / "meta.json").write_text(json.dumps({"students": {}, "skipped": "task t is regression"}))
     said = []
-    assert _ptp_student_dir(tmp_path, StudentConfig(init="ptp"), said.append) is None
+    assert ptp_encoder_dir(tmp_path, StudentConfig(init="ptp"), said.append) is None
     assert "teacher's layers" in said[0]

@@ -8,9 +8,10 @@ import torch
 from conftest import forward_pair, padded_batch, tiny_bert
 from pydantic import ValidationError
 
-from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes
+from kdpipe.methods.base import MethodConfigError
+from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.rail_kd import RailKDConcat, RailKDLayerwise, normalized_spread, pooled_layer, rail_distance
-from kdpipe.taps import ModelOutputs, cls_vector, mean_pooled
+from kdpipe.models.taps import ModelOutputs, cls_vector, mean_pooled
 
 SHAPES = Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(4, 32, 4))  # the tiny_bert pair below
 

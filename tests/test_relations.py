@@ -10,7 +10,7 @@ from torch.distributions import Categorical, kl_divergence
 from conftest import padded_batch, tiny_bert
 from kdpipe.methods.relations import (masked_row_kl, merge_heads, relation_logits, sample_relation_kl,
                                       supervised_contrastive, token_relation_kl)
-from kdpipe.taps import Needs, _split_heads, run_model
+from kdpipe.models.taps import Needs, _split_heads, run_model
 
 LN2, LN3, E = math.log(2.0), math.log(3.0), math.e
 

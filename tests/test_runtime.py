@@ -1,4 +1,4 @@
-"""kdpipe.runtime and ``kdpipe predict``: torch-free inference on an export folder.
+"""kdpipe.export.runtime and ``kdpipe predict``: torch-free inference on an export folder.
 
 The folder is built the way the export stage builds it: a tiny random BERT exported with
 kdpipe.export, the real MiniLM tokenizer saved with ``save_pretrained``, and kdpipe.json.
@@ -22,8 +22,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from kdpipe.cli import main
-from kdpipe.export import export_onnx, quantize_int8
-from kdpipe.runtime import META_FILE, ExportMeta, OnnxTextClassifier, load_tokenizer, to_predictions
+from kdpipe.export.convert import export_onnx, quantize_int8
+from kdpipe.export.runtime import EXPORT_META_FILE, ExportMeta, OnnxTextClassifier, load_tokenizer, to_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]
@@ -74,7 +74,7 @@ def export_dir(tmp_path_factory, model, hf_tokenizer) -> Path:
     hf_tokenizer.save_pretrained(folder)
     meta = ExportMeta(labels=LABELS, problem="classification", max_length=MAX_LENGTH,
                       input_names=names, task={"name": "test", "text_columns": ["a", "b"]})
-    (folder / META_FILE).write_text(json.dumps(meta.to_json(), indent=2))
+    (folder / EXPORT_META_FILE).write_text(json.dumps(meta.to_json(), indent=2))
     return folder
 
 
@@ -213,7 +213,7 @@ def run_python(code: str, *args: str, stdin: str | None = None) -> subprocess.Co
 def test_runtime_and_cli_do_not_import_torch(export_dir):
     code = (
         "import sys\n"
-        "from kdpipe.runtime import OnnxTextClassifier\n"
+        "from kdpipe.export.runtime import OnnxTextClassifier\n"
         "from kdpipe.cli import main\n"
         "print(OnnxTextClassifier.from_dir(sys.argv[1]).predict(['hello there'])[0]['label'])\n"
         "main(['predict', sys.argv[1], 'a text', '--json'])\n"

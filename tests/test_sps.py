@@ -10,9 +10,10 @@ import torch
 from safetensors import safe_open
 
 from conftest import padded_batch, tiny_bert, tiny_distilbert
-from kdpipe.models import count_parameters, encoder_layers, load_classifier, load_tokenizer, save_model
-from kdpipe.sps import apply_sps, physical_layers, physical_state_dict
-from kdpipe.taps import Needs, run_model
+from kdpipe.models.adapters import encoder_layers
+from kdpipe.models.loading import count_parameters, load_classifier, load_tokenizer, save_model
+from kdpipe.models.sps import apply_sps, physical_layers, physical_state_dict
+from kdpipe.models.taps import Needs, run_model
 
 L = 2
 
@@ -120,7 +121,7 @@ def test_physical_state_dict_of_a_plain_model_is_its_state_dict():
 
 
 def test_applying_twice_or_an_unknown_shuffle_fails():
-    from kdpipe.models import ModelError
+    from kdpipe.models.family import ModelError
     _, sps = plain_and_sps()
     with pytest.raises(ModelError, match="already"):
         apply_sps(sps)
@@ -158,7 +159,7 @@ def test_random_per_step_swaps_drawn_layers_in_both_passes_and_never_in_eval():
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    from kdpipe.export import export_onnx, parity
+    from kdpipe.export.convert import export_onnx, parity
 
     _, sps = plain_and_sps()
     batches = [padded_batch(8), padded_batch(11)]

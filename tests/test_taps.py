@@ -11,8 +11,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
                           DistilBertForSequenceClassification)
 
 from conftest import padded_batch, tiny_bert, tiny_distilbert
-from kdpipe.taps import (ModelOutputs, Needs, attention_scores, cls_vector, masked_mean, mean_pooled,
-                         run_model)
+from kdpipe.models.taps import ModelOutputs, Needs, attention_scores, cls_vector, masked_mean, mean_pooled, run_model
 
 HEADS, HIDDEN = 4, 32
 D_K = HIDDEN // HEADS
@@ -440,7 +439,7 @@ def test_taps_reach_inside_a_ddp_style_wrapper():
     import torch
     from torch import nn
 
-    from kdpipe.taps import Needs, run_model
+    from kdpipe.models.taps import Needs, run_model
 
     class Wrapper(nn.Module):  # what DDP looks like from outside: .module, forward passes through
         def __init__(self, module):

@@ -11,15 +11,7 @@ import pandas as pd
 import pytest
 
 from kdpipe.config import TaskConfig
-from kdpipe.tasks import (
-    GLUE_TASKS,
-    TaskDataError,
-    TaskSpec,
-    get_task,
-    load_task,
-    task_names,
-    tweets_csv_path,
-)
+from kdpipe.data.tasks import GLUE_TASKS, TaskDataError, TaskSpec, get_task, load_task, task_names, tweets_csv_path
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared/data/glue"

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from kdpipe.config import TrainConfig
-from kdpipe.data import DistillCollator, Encoder, TextDataset
-from kdpipe.engine import teacher_signal, train
-from kdpipe.methods import ModelShape, Shapes, build_method
-from kdpipe.taps import Needs, cls_vector, mean_pooled, run_model
-from kdpipe.teacher_cache import StaleCacheError, TeacherCache, cache_key, compute_teacher_cache
+from kdpipe.data.batches import DistillCollator, Encoder
+from kdpipe.data.splits import TextDataset
+from kdpipe.training.engine import teacher_signal, train
+from kdpipe.methods.registry import build_method
+from kdpipe.models.adapters import ModelShape, Shapes
+from kdpipe.models.taps import Needs, cls_vector, mean_pooled, run_model
+from kdpipe.training.teacher_cache import StaleCacheError, TeacherCache, cache_key, compute_teacher_cache
 
 from conftest import tiny_bert
 from test_engine import SPEC, toy_frame

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import forward_pair, padded_batch, tiny_bert
 
-from kdpipe.methods.base import MethodConfigError, ModelShape, Shapes
+from kdpipe.methods.base import MethodConfigError
+from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.tinybert import TinyBERT, attention_score_mse, hidden_mse, soft_cross_entropy
-from kdpipe.taps import ModelOutputs
+from kdpipe.models.taps import ModelOutputs
 
 def shapes(student=(2, 32, 4), teacher=(4, 32, 4)) -> Shapes:
     return Shapes(student=ModelShape(*student), teacher=ModelShape(*teacher))

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from kdpipe.methods import build_method
+from kdpipe.methods.registry import build_method
 from kdpipe.methods.vanilla_kd import kd_kl_loss, kd_mse_loss
-from kdpipe.taps import ModelOutputs
+from kdpipe.models.taps import ModelOutputs
 
 
 def test_kl_matches_hand_computation_at_t1():

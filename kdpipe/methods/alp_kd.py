@@ -1,4 +1,4 @@
-"""ALP-KD: Attention-based Layer Projection for KD (Passban et al., AAAI 2021).  Spec: methods.md §4.
+"""ALP-KD: Attention-based Layer Projection for KD (Passban et al., AAAI 2021).  See docs/methods.md §4.
 
 Each student layer i attends over its candidate teacher layers with its [CLS] vector, and is
 pulled towards the attention-weighted fusion of their [CLS] vectors:
@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.mapping import Strategy
+from kdpipe.methods.mapping import Strategy
 from kdpipe.methods.base import Method, PredictionParams, prediction_losses, upcast
-from kdpipe.projections import width_map
-from kdpipe.taps import ModelOutputs, Needs, cls_vector
+from kdpipe.methods.projections import width_map
+from kdpipe.models.taps import ModelOutputs, Needs, cls_vector
 
 __all__ = ["AlpKD", "AlpKDNonOverlap", "AlpKDParams", "AlpKDPartialOverlap", "alp_loss", "attention_entropy",
            "fuse_layers", "layer_attention"]

@@ -11,7 +11,6 @@ the pipeline's preflight does before any model is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -19,8 +18,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from kdpipe.mapping import LayerMap, MappingError, build_mapping
-from kdpipe.taps import Mixup, ModelOutputs, Needs
+from kdpipe.methods.mapping import LayerMap, MappingError, build_mapping
+from kdpipe.models.adapters import Shapes
+from kdpipe.models.taps import Mixup, ModelOutputs, Needs
 
 
 class MethodParams(BaseModel):
@@ -29,27 +29,6 @@ class MethodParams(BaseModel):
 
 class MethodConfigError(ValueError):
     """A method's params do not fit the models (range, width, heads); names the key at fault."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    layers: int   # transformer layers (hidden_states has layers + 1 entries)
-    hidden: int   # width d
-    heads: int    # attention heads A
-
-    @classmethod
-    def of(cls, config) -> "ModelShape":
-        """From a Hugging Face config (BERT-style or DistilBERT-style field names)."""
-        layers = getattr(config, "num_hidden_layers", None) or config.n_layers
-        hidden = getattr(config, "hidden_size", None) or config.dim
-        heads = getattr(config, "num_attention_heads", None) or config.n_heads
-        return cls(layers, hidden, heads)
-
-
-@dataclass(frozen=True)
-class Shapes:
-    student: ModelShape
-    teacher: ModelShape
 
 
 class Method(nn.Module):

@@ -1,5 +1,5 @@
 """CR-ILD (Ko et al., EACL Findings 2023): last-layer ILD on mixup inputs with consistency
-regularisation, then logit KD.  Spec: methods.md §6 (the released code, jongwooko/CR-ILD).
+regularisation, then logit KD.  See docs/methods.md §6 (the released code, jongwooko/CR-ILD).
 
 Stage ``ild`` (no labels), student layer L_S <- teacher layer L_T only.  Each step draws
 lambda ~ Beta(a, a), lambda <- max(lambda, 1 - lambda) in [0.5, 1], and mixes every example with
@@ -40,8 +40,8 @@ from pydantic import Field
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, upcast
 from kdpipe.methods.relations import masked_row_kl, merge_heads, relation_logits
 from kdpipe.methods.tinybert import hidden_mse
-from kdpipe.projections import projection
-from kdpipe.taps import Mixup, ModelOutputs, Needs
+from kdpipe.methods.projections import projection
+from kdpipe.models.taps import Mixup, ModelOutputs, Needs
 
 __all__ = ["CRILD", "CRILDParams", "PRESETS", "draw_mixup_lambda", "consistency_loss"]
 

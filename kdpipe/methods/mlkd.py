@@ -1,4 +1,4 @@
-"""MLKD-BERT (Zhang, Yang, Ji, 2024): multi-level KD in two stages.  Spec: methods.md §5.
+"""MLKD-BERT (Zhang, Yang, Ji, 2024): multi-level KD in two stages.  See docs/methods.md §5.
 
 Stage ``ild`` (feature + token-relation knowledge), student layer n <- teacher layer g(n) (uniform):
 
@@ -37,8 +37,8 @@ from torch import nn
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, kd_mse_loss
 from kdpipe.methods.relations import sample_relation_kl, supervised_contrastive, token_relation_kl
 from kdpipe.methods.tinybert import ILD_PHASE_TRAIN, hidden_mse
-from kdpipe.projections import projection
-from kdpipe.taps import ModelOutputs, Needs, cls_vector
+from kdpipe.methods.projections import projection
+from kdpipe.models.taps import ModelOutputs, Needs, cls_vector
 
 __all__ = ["MLKD", "MLKDParams"]
 

@@ -1,4 +1,4 @@
-"""BERT-PKD: patient knowledge distillation (Sun et al., 2019).  Spec: methods.md §1.2.
+"""BERT-PKD: patient knowledge distillation (Sun et al., 2019).  See docs/methods.md §1.2.
 
     L = ce_weight * CE(y, z_S) + kd_weight * T^2 KL(softmax(z_T / T) || softmax(z_S / T)) + beta * L_PT
 
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
-from kdpipe.taps import ModelOutputs, Needs, cls_vector
+from kdpipe.models.taps import ModelOutputs, Needs, cls_vector
 
-__all__ = ["PKD", "PKDParams", "PeaKD", "PeaKDParams", "patient_loss"]
+__all__ = ["PKD", "PKDParams", "patient_loss"]
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -103,24 +103,3 @@ class PKD(Method):
 
     def describe(self) -> dict:
         return {**super().describe(), "resolved_mapping": {str(s): ts[0] for s, ts in self.mapping.pairs()}}
-
-
-# ------------------------------------------------------------------------------------------ Pea-KD
-class PeaKDParams(PKDParams):
-    """Pea-KD's final stage (methods.md §7.4, ``finetune.py --train_type pkd``): alpha = 0.7, so
-    0.3 CE + 0.7 KD, T = 10, beta = 100, normalised [CLS] patient loss, teacher layers by skip."""
-
-    ce_weight: float = Field(default=0.3, ge=0)
-    kd_weight: float = Field(default=0.7, ge=0)
-
-
-class PeaKD(PKD):
-    """Pea-KD (Cho & Kang, 2022): PKD on a Shuffled-Parameter-Sharing student that starts from the
-    PTP encoder.  The student settings are a preset: a run's ``student: {sps: null}`` (no SPS),
-    ``{init: teacher}`` (no PTP) or ``{sps: {shuffle: none}}`` (SPS without shuffle) gives the
-    paper's ablations.  Mapping: the SPS student has 2L effective layers, so its patient layers
-    are 1..2L-1 (for L = 3 on a 6-layer teacher: teacher layers 1..5, "skip")."""
-
-    name = "pea_kd"
-    Params = PeaKDParams
-    student_defaults = {"init": "ptp", "sps": {"shuffle": "upper_swap"}}

@@ -1,4 +1,4 @@
-"""RAIL-KD: RAndom Intermediate Layer mapping for KD (Haidar et al., 2022).  Spec: methods.md §3.
+"""RAIL-KD: RAndom Intermediate Layer mapping for KD (Haidar et al., 2022).  See docs/methods.md §3.
 
 Each epoch (or each step, ``resample="batch"``) m = L_S teacher layers are drawn without
 replacement from the pool 1..L_T - exclude_last, sorted, and paired in order with the student's
@@ -32,8 +32,8 @@ from pydantic import Field
 from torch import nn
 
 from kdpipe.methods.base import Method, MethodConfigError, PredictionParams, prediction_losses, upcast
-from kdpipe.projections import projection
-from kdpipe.taps import ModelOutputs, Needs, mean_pooled
+from kdpipe.methods.projections import projection
+from kdpipe.models.taps import ModelOutputs, Needs, mean_pooled
 
 __all__ = ["RailKDConcat", "RailKDLayerwise", "RailKDParams", "normalized_spread", "pooled_layer",
            "rail_distance"]
@@ -51,7 +51,7 @@ class RailKDParams(PredictionParams):
     # token states, so it cannot use the teacher cache.
     pooling: Literal["mean", "mean_all"] = "mean"
     # "trainable" is for parity experiments only: with both sides trainable the loss can reach 0
-    # with no information transferred (both maps output one constant direction; spec §3.5).
+    # with no information transferred (both maps output one constant direction; §3.5).
     teacher_projection: Literal["identity", "orthogonal", "trainable"] = "identity"
     projection_dim: int | None = Field(default=None, gt=0)  # u; None = the teacher's width (m d_T concatenated)
     squared: bool = True   # False: the third-party un-squared L2 distance

@@ -1,4 +1,4 @@
-"""Relation losses shared by MLKD-BERT and CR-ILD (spec: methods.md §1.4, §5.3-5.4, §6.5, §8.4).
+"""Relation losses shared by MLKD-BERT and CR-ILD (docs/methods.md §1.4, §5.3-5.4, §6.5, §8.4).
 
 A relation is a row-softmax over similarities: token x token within an example (embedding
 relation, MHA-split relation, MiniLMv2's Q/K/V self-relations, attention maps) or example x

@@ -1,4 +1,4 @@
-"""TinyBERT task-specific distillation (Jiao et al., 2020), two phases.  Spec: methods.md §1.3.
+"""TinyBERT task-specific distillation (Jiao et al., 2020), two phases.  See docs/methods.md §1.3.
 
 Phase ``ild`` (intermediate-layer distillation, no logits), student layer i <- teacher layer g(i)
 (``uniform``: round(i * L_T / L_S); ``last``: L_T - L_S + i):
@@ -34,8 +34,8 @@ from pydantic import Field
 from torch import nn
 
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_loss, upcast
-from kdpipe.projections import projection
-from kdpipe.taps import ModelOutputs, Needs
+from kdpipe.methods.projections import projection
+from kdpipe.models.taps import ModelOutputs, Needs
 
 __all__ = ["ILD_PHASE_TRAIN", "TinyBERT", "TinyBERTParams", "attention_score_mse", "hidden_mse",
            "soft_cross_entropy"]

@@ -1,4 +1,4 @@
-"""Vanilla logit KD (Hinton et al., 2015).  Spec: methods.md §1.1.
+"""Vanilla logit KD (Hinton et al., 2015).  See docs/methods.md §1.1.
 
     L = (1 - alpha) * CE(y, z_S) + alpha * T^2 * KL(softmax(z_T / T) || softmax(z_S / T))
 

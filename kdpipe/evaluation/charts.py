@@ -9,10 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: stages run without a display
-import matplotlib.pyplot as plt  # noqa: E402
+from kdpipe.files import atomic_file
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -28,6 +25,7 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
 
 def plot_curves(plots_dir: Path, names: list[str], main_metric: str, out: Path) -> None:
     """Training loss and dev ``main_metric`` against step, one line per model."""
+    plt = _pyplot()
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
         train, dev = plots_dir / "train" / f"{name}.csv", plots_dir / "dev" / f"{name}.csv"
@@ -50,6 +48,7 @@ def plot_tradeoff(report: dict, out: Path) -> None:
     main = report["main_metric"]
     models = {"teacher": report["teacher"], **report["students"]}
     batches = list(report["teacher"]["latency_ms"])
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         for name, r in models.items():
@@ -62,10 +61,17 @@ def plot_tradeoff(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (stages run without a display), chosen
+    here rather than at import so that importing this module changes no process-wide setting."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def _save(fig, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    _pyplot().close(fig)

@@ -1,18 +1,16 @@
-"""Task metrics of a PyTorch model over a split, and CPU latency on real batches."""
+"""Predictions and task metrics of a PyTorch model over a split."""
 
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kdpipe.data.tasks import TaskSpec
+from kdpipe.evaluation.metrics import compute_metrics
 from kdpipe.methods.base import label_loss
-from kdpipe.metrics import compute_metrics
-from kdpipe.tasks import TaskSpec
 
 
 @torch.no_grad()
@@ -47,20 +45,3 @@ def evaluate_split(model, loader, spec: TaskSpec, side: str = "student", autocas
                    gather=None) -> dict[str, float]:
     logits, labels, loss = predict(model, loader, side, autocast, gather)
     return {**compute_metrics(spec, logits, labels), "loss": loss}
-
-
-@torch.inference_mode()
-def torch_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], warmup: int = 3,
-                  repeats: int = 10) -> dict[str, float]:
-    """Median and p90 wall time (ms) of one forward on ``inputs``."""
-    model.eval()
-    for _ in range(warmup):
-        model(**inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
-

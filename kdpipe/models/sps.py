@@ -1,4 +1,4 @@
-"""Shuffled Parameter Sharing (SPS, Pea-KD; spec: methods.md §7.2) on an unmodified HF encoder.
+"""Shuffled Parameter Sharing (SPS, Pea-KD; docs/methods.md §7.2) on an unmodified HF encoder.
 
 An SPS student has L physical layers and runs 2L: layers 1..L, then 1..L again.  The upper copy
 of layer i is a second module of the same class whose parameters *are* layer i's parameters
@@ -19,7 +19,7 @@ Shuffles (``student.sps.shuffle``):
   replays the same draws.
 
 On disk an SPS model is its L physical layers (``config.num_hidden_layers = L``) plus
-``config.kdpipe_sps``; ``kdpipe.models.load_classifier`` re-applies the sharing, and a plain
+``config.kdpipe_sps``; ``kdpipe.models.loading.load_classifier`` re-applies the sharing, and a plain
 ``from_pretrained`` still loads every weight (as an L-layer model without the second pass).
 """
 
@@ -32,7 +32,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from kdpipe.taps import attention_layout
+from kdpipe.models.adapters import family_of, num_layers
+from kdpipe.models.family import ModelError, get_module
 
 Shuffle = Literal["upper_swap", "none", "random_per_step"]
 SHUFFLES: tuple[str, ...] = ("upper_swap", "none", "random_per_step")
@@ -48,7 +49,6 @@ def sps_settings(model: nn.Module) -> dict | None:
 
 def physical_layers(model: nn.Module) -> int:
     """Distinct transformer layers (L), whatever the effective depth."""
-    from kdpipe.models import num_layers
     settings = sps_settings(model)
     return settings["physical_layers"] if settings else num_layers(model)
 
@@ -66,16 +66,14 @@ def _share(upper: nn.Module, lower: nn.Module, rename: dict[str, str]) -> None:
 def apply_sps(model: nn.Module, shuffle: Shuffle = "upper_swap") -> nn.Module:
     """Turn ``model``'s L encoder layers into 2L effective layers sharing L layers' parameters
     (in place; returns ``model``).  Applying it to a model that already has SPS is an error."""
-    from kdpipe.models import ModelError, _get_attr, _layer_path
-
     if shuffle not in SHUFFLES:
         raise ModelError(f"student.sps.shuffle: {shuffle!r} is not one of {', '.join(SHUFFLES)}")
-    path, _ = _layer_path(model)
-    lower = list(_get_attr(model, path))
+    family = family_of(model)
+    lower = list(family.layer_list(model))
     settings = sps_settings(model)  # also set on a model loaded from disk, which has only its L layers
     if settings and len(lower) != settings["physical_layers"]:
         raise ModelError("apply_sps: the model already shares its layers (config.kdpipe_sps is set)")
-    layout = attention_layout(lower[0])
+    layout = family.attention
     q_parent, q_leaf = layout.query.rsplit(".", 1)
     k_parent, k_leaf = layout.key.rsplit(".", 1)
     swap = {layout.query: layout.key, layout.key: layout.query} if shuffle == "upper_swap" else {}
@@ -87,8 +85,7 @@ def apply_sps(model: nn.Module, shuffle: Shuffle = "upper_swap") -> nn.Module:
             if hasattr(module, "layer_idx"):  # position in the stack, for caches
                 module.layer_idx = len(lower) + index
         upper.append(twin)
-    parent_path, attr = path.rsplit(".", 1)
-    setattr(_get_attr(model, parent_path), attr, nn.ModuleList([*lower, *upper]))
+    family.set_layer_list(model, nn.ModuleList([*lower, *upper]))
     setattr(model.config, CONFIG_KEY, {"shuffle": shuffle, "physical_layers": len(lower)})
     if shuffle == "random_per_step":
         model.kdpipe_qk_swap = _RandomQKSwap(model, lower, upper, (q_parent, q_leaf), (k_parent, k_leaf))
@@ -102,8 +99,8 @@ def physical_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     if not settings:
         return state
-    from kdpipe.models import _layer_path
-    pattern = re.compile(rf"^{re.escape(_layer_path(model)[0])}\.(\d+)\.")
+    prefix = f"{model.base_model_prefix}.{family_of(model).layers}"
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     keep = {}
     for key, value in state.items():
         match = pattern.match(key)
@@ -117,9 +114,8 @@ class _RandomQKSwap:
     both passes (by exchanging the two Linear modules' parameters for that forward only)."""
 
     def __init__(self, model, lower, upper, query: tuple[str, str], key: tuple[str, str]):
-        from kdpipe.models import _get_attr
         self.model, self.flags = model, torch.zeros(len(lower), dtype=torch.bool)
-        self.pairs = [(index % len(lower), _get_attr(layer, query[0]), query[1], _get_attr(layer, key[0]), key[1])
+        self.pairs = [(index % len(lower), get_module(layer, query[0]), query[1], get_module(layer, key[0]), key[1])
                       for index, layer in enumerate([*lower, *upper])]
         self.layers = [*lower, *upper]
 

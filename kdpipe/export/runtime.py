@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-META_FILE = "kdpipe.json"
+EXPORT_META_FILE = "kdpipe.json"  # the export folder's ExportMeta (not a model folder's kdpipe.json)
 OUTPUT_NAME = "logits"
 
 Variant = Literal["fp32", "int8"]
@@ -178,7 +178,7 @@ class OnnxTextClassifier:
         folder = Path(export_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"export folder {folder} not found")
-        meta = ExportMeta.load(_require(folder / META_FILE))
+        meta = ExportMeta.load(_require(folder / EXPORT_META_FILE))
         model_path = _require(folder / MODEL_FILES[variant])
         tokenizer = load_tokenizer(folder, meta.max_length)
         return cls(make_session(model_path, threads), tokenizer, meta)

@@ -1,7 +1,7 @@
 """ONNX export, int8 quantisation, parity and latency for sequence-classification models.
 
 Pure functions; the export stage owns file layout and reporting.  Choices follow the
-shared reference notes (reference/ecosystem.md §2, measured with torch 2.13 and onnxruntime 1.31):
+notes in docs/onnx.md §2 (measured with torch 2.13 and onnxruntime 1.31):
 
 - the dynamo exporter (the legacy TorchScript one is deprecated) with ``dynamic_shapes`` and
   ``external_data=False``, so each model is one self-contained file;
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +24,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from kdpipe.runtime import OUTPUT_NAME, make_session, session_logits
+from kdpipe.evaluation.latency import time_calls
+from kdpipe.export.runtime import OUTPUT_NAME, make_session, session_logits
+from kdpipe.files import atomic_file
 
 __all__ = ["INPUT_ORDER", "export_onnx", "quantize_int8", "make_session", "onnx_logits", "parity",
            "onnx_latency", "strip_initializer_value_info"]
@@ -35,7 +34,7 @@ __all__ = ["INPUT_ORDER", "export_onnx", "quantize_int8", "make_session", "onnx_
 # The graph's input order; only the names present in the sample inputs are exported.
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
-# Loggers/warnings the dynamo exporter emits on every healthy export (ecosystem §2).
+# Loggers/warnings the dynamo exporter emits on every healthy export (docs/onnx.md §2).
 _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",)
 _HARMLESS_WARNINGS = (
     (FutureWarning, r".*LeafSpec"),
@@ -93,26 +92,6 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-@contextlib.contextmanager
-def _atomic_path(dst: str | Path) -> Iterator[Path]:
-    """A temp path next to ``dst`` that replaces ``dst`` only if the block succeeds.
-
-    Same folder, so ``os.replace`` is an atomic rename; on failure the temp file (and any
-    ``.data`` side file a writer left) is removed and an existing ``dst`` is untouched.
-    """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
-            leftover.unlink(missing_ok=True)
-
-
 def export_onnx(model: nn.Module, sample_inputs: Mapping[str, torch.Tensor], path: str | Path) -> list[str]:
     """Export a Hugging Face ``*ForSequenceClassification`` model to a single ONNX file.
 
@@ -131,7 +110,7 @@ def export_onnx(model: nn.Module, sample_inputs: Mapping[str, torch.Tensor], pat
     kwargs = {n: sample_inputs[n].to(device=device, dtype=torch.long) for n in names}
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     dynamic_shapes = {n: {0: batch, 1: seq} for n in names}
-    with _eval_mode(model), _quiet_export(), _atomic_path(path) as tmp:
+    with _eval_mode(model), _quiet_export(), atomic_file(path) as tmp:
         torch.onnx.export(_LogitsOnly(model).eval(), (), str(tmp), kwargs=kwargs, dynamo=True,
                           input_names=names, output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
                           external_data=False, verbose=False)
@@ -142,7 +121,7 @@ def strip_initializer_value_info(model: onnx.ModelProto) -> int:
     """Remove ``value_info`` entries that describe initializers, in place; returns how many.
 
     The dynamo exporter writes one per weight; ``quantize_dynamic`` transposes the Gemm weight
-    but not its value_info, and shape inference then fails (ecosystem §2, pitfall 1).
+    but not its value_info, and shape inference then fails (docs/onnx.md §2, pitfall 1).
     """
     initializers = {i.name for i in model.graph.initializer}
     keep = [v for v in model.graph.value_info if v.name not in initializers]
@@ -159,7 +138,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
 
     model = onnx.load(str(src))
     strip_initializer_value_info(model)
-    with _atomic_path(dst) as tmp, _quiet_quantizer():
+    with atomic_file(dst) as tmp, _quiet_quantizer():
         quantize_dynamic(model, str(tmp), weight_type=QuantType.QInt8,
                          per_channel=per_channel, reduce_range=reduce_range)
 
@@ -172,7 +151,7 @@ def _not_preprocess_hint(record: logging.LogRecord) -> bool:
 def _quiet_quantizer() -> Iterator[None]:
     # quantize_dynamic logs "Please consider (to run) pre-processing before quantization" on the
     # root logger every call; it is harmless here and pre-processing even fails on dynamo
-    # exports (ecosystem §2).  A filter drops just that line; other warnings still show.
+    # exports (docs/onnx.md §2).  A filter drops just that line; other warnings still show.
     root = logging.getLogger()
     root.addFilter(_not_preprocess_hint)
     try:
@@ -210,16 +189,7 @@ def parity(model: nn.Module, onnx_path: str | Path, batches: Sequence[Mapping[st
 
 def onnx_latency(path: str | Path, feeds: Mapping[str, np.ndarray], warmup: int, repeats: int,
                  threads: int | None = None) -> dict[str, float]:
-    """Wall-clock latency of one ``session.run`` on ``feeds`` (int [batch, seq]), after
-    ``warmup`` untimed runs.  Returns ``{"median_ms": float, "p90_ms": float}``."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be positive, got {repeats}")
+    """``time_calls`` of one ``session.run`` on ``feeds`` (int [batch, seq]):
+    ``{"median_ms": float, "p90_ms": float}``."""
     session = make_session(path, threads)
-    for _ in range(warmup):
-        session_logits(session, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session_logits(session, feeds)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+    return time_calls(lambda: session_logits(session, feeds), warmup, repeats)

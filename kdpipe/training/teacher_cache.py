@@ -23,9 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdpipe.artifacts import atomic_dir
-from kdpipe.data import DistillCollator, Encoder, TextDataset, model_input_names
-from kdpipe.taps import ModelOutputs, Needs, masked_mean, run_model
+from kdpipe.data.batches import DistillCollator
+from kdpipe.data.splits import TextDataset
+from kdpipe.files import atomic_dir, write_json
+from kdpipe.models.loading import MODEL_META_FILE, encoder_for
+from kdpipe.models.taps import ModelOutputs, Needs, masked_mean, run_model
 
 META = "meta.json"
 
@@ -38,7 +40,7 @@ def cache_key(teacher_dir: Path, data_dir: Path, max_length: int) -> str:
     """Hash of what the cached vectors depend on: teacher weights + config + tokenizer files,
     the prepared train split, and the tokenisation length."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name != "kdpipe.json")
+    files = sorted(p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name != MODEL_META_FILE)
     files.append(Path(data_dir) / "train.parquet")
     for f in files:
         h.update(f.name.encode())
@@ -55,7 +57,7 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
                           device: str | torch.device = "cpu") -> dict:
     """Run ``teacher`` once over ``dataset`` and write the cache folder atomically."""
     teacher = teacher.to(device).eval()
-    encoder = Encoder(tokenizer, model_input_names(teacher, tokenizer), max_length)
+    encoder = encoder_for(teacher, tokenizer, max_length)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DistillCollator(encoder, None, False))
     np_dtype = np.dtype(dtype)
     logits, cls, mean = [], [], []
@@ -76,7 +78,7 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
         np.save(tmp / "logits.npy", np.concatenate(logits))  # logits stay fp32: they are tiny
         np.save(tmp / "cls.npy", np.concatenate(cls))
         np.save(tmp / "mean.npy", np.concatenate(mean))
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        write_json(tmp / META, meta)
     return meta
 
 

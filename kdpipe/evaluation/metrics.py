@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # tasks.py imports KNOWN_METRICS from here; avoid the cycle at run time
-    from kdpipe.tasks import TaskSpec
-
-# Metrics valid per problem type; TaskSpec validates its metric names against these.
-CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
-REGRESSION_METRICS = ("pearson", "spearman")
-KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+from kdpipe.data.tasks import KNOWN_METRICS, TaskSpec
 
 
 def _accuracy(pred: np.ndarray, gold: np.ndarray) -> float:

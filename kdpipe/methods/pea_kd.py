@@ -1,6 +1,10 @@
-"""Pretraining with Teacher's Predictions (PTP, Pea-KD; spec: methods.md §7.3).
+"""Pea-KD (Cho & Kang, 2022): Pretraining with Teacher's Predictions, then PKD on an SPS student.
+See docs/methods.md §7.  Pea-KD has three parts, each in the layer it belongs to: the SPS student
+architecture (``kdpipe/models/sps.py``), the PTP labels and the final KD method (this module), and
+the PTP training stage (``kdpipe/pipeline/ptp.py``).
 
-Every example gets one of four labels from the fine-tuned teacher's prediction on it:
+PTP (docs/methods.md §7.3): every example gets one of four labels from the fine-tuned
+teacher's prediction on it:
 
     class 0  confident_correct     teacher right, confidence >  t1
     class 1  unconfident_correct   teacher right, confidence <= t1
@@ -16,6 +20,9 @@ PTP is task-supervised, and it is undefined for regression.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
+
+from kdpipe.methods.pkd import PKD, PKDParams
 
 PTP_CLASSES: tuple[str, ...] = ("confident_correct", "unconfident_correct", "confident_wrong", "unconfident_wrong")
 
@@ -24,7 +31,7 @@ TASK_THRESHOLDS: dict[str, tuple[float, float]] = {
     "rte": (0.8, 0.6), "mrpc": (0.95, 0.75), "sst2": (0.98, 0.8), "qnli": (0.98, 0.7), "cola": (0.95, 0.7)}
 
 __all__ = ["PTP_CLASSES", "TASK_THRESHOLDS", "teacher_confidence", "ptp_labels", "auto_thresholds",
-           "resolve_thresholds", "class_histogram"]
+           "resolve_thresholds", "class_histogram", "PeaKD", "PeaKDParams"]
 
 
 def teacher_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,3 +85,24 @@ def class_histogram(ptp: np.ndarray) -> dict[str, int]:
     """Examples per PTP class, by name (every class listed, empty ones with 0)."""
     counts = np.bincount(np.asarray(ptp, dtype=np.int64), minlength=len(PTP_CLASSES))
     return {name: int(n) for name, n in zip(PTP_CLASSES, counts)}
+
+
+# ------------------------------------------------------------------------------------------ Pea-KD
+class PeaKDParams(PKDParams):
+    """Pea-KD's final stage (docs/methods.md §7.4, ``finetune.py --train_type pkd``): alpha = 0.7, so
+    0.3 CE + 0.7 KD, T = 10, beta = 100, normalised [CLS] patient loss, teacher layers by skip."""
+
+    ce_weight: float = Field(default=0.3, ge=0)
+    kd_weight: float = Field(default=0.7, ge=0)
+
+
+class PeaKD(PKD):
+    """Pea-KD (Cho & Kang, 2022): PKD on a Shuffled-Parameter-Sharing student that starts from the
+    PTP encoder.  The student settings are a preset: a run's ``student: {sps: null}`` (no SPS),
+    ``{init: teacher}`` (no PTP) or ``{sps: {shuffle: none}}`` (SPS without shuffle) gives the
+    paper's ablations.  Mapping: the SPS student has 2L effective layers, so its patient layers
+    are 1..2L-1 (for L = 3 on a 6-layer teacher: teacher layers 1..5, "skip")."""
+
+    name = "pea_kd"
+    Params = PeaKDParams
+    student_defaults = {"init": "ptp", "sps": {"shuffle": "upper_swap"}}

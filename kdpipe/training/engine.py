@@ -10,7 +10,6 @@ again continues from its last checkpoint with the same data order and RNG state.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from collections import defaultdict
@@ -28,23 +27,14 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from kdpipe.config import TrainConfig
-from kdpipe.data import DistillCollator, EpochShuffleSampler, TextDataset
-from kdpipe.evaluation import evaluate_split
+from kdpipe.data.batches import DistillCollator, EpochShuffleSampler
+from kdpipe.data.splits import TextDataset
+from kdpipe.data.tasks import TaskSpec
+from kdpipe.evaluation.metrics import is_better
+from kdpipe.evaluation.predict import evaluate_split
+from kdpipe.files import atomic_file, write_json
 from kdpipe.methods.base import Method
-from kdpipe.metrics import is_better
-from kdpipe.taps import Mixup, ModelOutputs, run_model
-from kdpipe.tasks import TaskSpec
-
-
-class _DropSharedTensorNote(logging.Filter):
-    """Accelerate warns on every checkpoint of a model with shared tensors (SPS students) that it
-    saved each tensor once; that is the intent, and reloading is tested (tests/test_engine.py)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Removed shared tensor" not in record.getMessage()
-
-
-logging.getLogger("accelerate.utils.other").addFilter(_DropSharedTensorNote())
+from kdpipe.models.taps import Mixup, ModelOutputs, run_model
 
 
 class MetricLogger(Protocol):
@@ -185,9 +175,9 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
         if accelerator.is_main_process:
             shutil.rmtree(ckpt / "state", ignore_errors=True)
             tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
-            _write_json(ckpt / "trainer_state.json", {
+            write_json(ckpt / "trainer_state.json", {
                 "fingerprint": fingerprint, "step": at_step, "best": best,
-                "train_curve": train_curve, "dev_curve": dev_curve, "epoch_records": epoch_records})
+                "train_curve": train_curve, "dev_curve": dev_curve, "epoch_records": epoch_records}, indent=None)
         accelerator.wait_for_everyone()
 
     student.train()
@@ -289,9 +279,8 @@ def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None,
 
 def _save_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(accelerator.unwrap_model(model), str(folder / "model.safetensors.tmp"))
-        (folder / "model.safetensors.tmp").rename(folder / "model.safetensors")
+        with atomic_file(folder / "model.safetensors") as tmp:
+            save_model(accelerator.unwrap_model(model), str(tmp))
 
 
 def _load_trainer_state(ckpt: Path, fingerprint: str) -> dict | None:
@@ -304,9 +293,3 @@ def _load_trainer_state(ckpt: Path, fingerprint: str) -> dict | None:
         shutil.rmtree(ckpt, ignore_errors=True)  # stale: another config or data wrote it
         ckpt.mkdir(parents=True, exist_ok=True)
     return None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Data: the task registry and loaders (``tasks``), prepared splits (``splits``), batches (``batches``)."""

