@@ -6,7 +6,7 @@ from kdpipe.models.family import AttentionModules, EncoderFamily
 
 BERT_ATTENTION = AttentionModules(query="attention.self.query", key="attention.self.key",
                                   value="attention.self.value", output="attention.output.dense",
-                                  block="attention.output")
+                                  block="attention.output", heads_attr="num_attention_heads")
 
 BERT = EncoderFamily(name="bert", model_types=("bert", "roberta", "xlm-roberta", "electra"),
                      layers="encoder.layer", embeddings="embeddings", depth_field="num_hidden_layers",

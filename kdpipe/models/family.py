@@ -30,6 +30,12 @@ class AttentionModules:
     value: str
     output: str  # the output projection W_O; its input is the context
     block: str   # the module whose output is the attention block's (after residual + LayerNorm)
+    heads_attr: str  # the head-count attribute of the module holding Q/K/V (read by its forward)
+
+    @property
+    def heads_module(self) -> str:
+        """The module that holds the Q/K/V projections and computes the heads."""
+        return self.query.rpartition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class EncoderFamily:
         return get_module(model.base_model, self.embeddings)
 
     def attention_module(self, layer: nn.Module, which: str) -> nn.Module:
-        """``which``: query, key, value, output or block (see ``AttentionModules``)."""
+        """``which``: query, key, value, output, block or heads_module (see ``AttentionModules``)."""
         return get_module(layer, getattr(self.attention, which))
 
     @staticmethod

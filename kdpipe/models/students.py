@@ -77,12 +77,11 @@ def set_attention_heads(model: PreTrainedModel, heads: int) -> PreTrainedModel:
         raise ModelError(f"{heads} attention heads do not divide the hidden width {width}; "
                          f"use a divisor of {width}")
     setattr(model.config, family.heads_field, heads)
-    for module in model.modules():
-        if hasattr(module, "attention_head_size") and hasattr(module, "scaling"):
-            count_field = "num_attention_heads" if hasattr(module, "num_attention_heads") else "n_heads"
-            setattr(module, count_field, heads)
-            module.attention_head_size = width // heads
-            module.scaling = module.attention_head_size ** -0.5
+    for layer in family.layer_list(model):
+        module = family.attention_module(layer, "heads_module")
+        setattr(module, family.attention.heads_attr, heads)
+        module.attention_head_size = width // heads
+        module.scaling = module.attention_head_size ** -0.5
     return model
 
 
