@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -32,9 +33,24 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="one text per line, or TSV with two columns for sentence pairs")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx instead of model.onnx")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="ORT intra-op threads")
+    p.add_argument("--batch-size", type=_bounded("--batch-size", 1, 4096), default=32, metavar="N",
+                   help="texts per onnxruntime call (1..4096)")
+    p.add_argument("--threads", type=_bounded("--threads", 1, os.cpu_count() or 1), default=None, metavar="N",
+                   help=f"ORT intra-op threads (1..{os.cpu_count()}, this machine's cores; default: all)")
     p.set_defaults(func=_run_predict)
+
+
+def _bounded(option: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else a one-line error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{option} must be between {low} and {high}, got {value}")
+        return value
+    return parse
 
 
 def _add_ui(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +58,7 @@ def _add_ui(subparsers: argparse._SubParsersAction) -> None:
         "ui", help="open the MLflow UI on this project's runs (bound to 127.0.0.1)",
         description="Serve the MLflow UI over the project's tracking store ($MLFLOW_TRACKING_URI, "
                     "else sqlite:///<repo>/mlflow.db), bound to 127.0.0.1 only.")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_bounded("--port", 1, 65535), default=5000)
     p.set_defaults(func=_run_ui)
 
 
@@ -88,7 +104,10 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    report = json.loads((args.metrics_dir / "evaluate.json").read_text())
+    source = args.metrics_dir / "evaluate.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run the pipeline first (dvc repro)")
+    report = json.loads(source.read_text())
     main = report["main_metric"]
     batches = list(report["teacher"]["latency_ms"])
     head = ["model", "method", "layers", "params (M)", f"dev {main}", f"test {main}", "retention dev %",
@@ -126,13 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(subparsers)
+    parser.set_defaults(commands=subparsers.choices)
     return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Options may follow the positional texts (``kdpipe predict DIR --int8 "text"``): the
+    subcommand's own parser reads its arguments intermixed (argparse cannot do that through
+    subparsers)."""
+    parser = build_parser()
+    commands = parser.get_default("commands")
+    if argv and argv[0] in commands:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)  # help, --version, or the error listing the commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     apply_defaults()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:  # argparse's own usage errors (and --help): its exit code, as a return value
+        return int(e.code or 0)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:
@@ -146,9 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     from kdpipe.export.runtime import OnnxTextClassifier  # onnxruntime import is slow; only when used
 
-    texts, pairs = _predict_inputs(args)
+    texts, pairs, names = _predict_inputs(args)
     clf = OnnxTextClassifier.from_dir(args.export_dir, variant="int8" if args.int8 else "fp32",
                                       threads=args.threads)
+    clf.check_inputs(texts, pairs, names)
     results = clf.predict(texts, pairs, batch_size=args.batch_size)
     for i, result in enumerate(results):
         pair = None if pairs is None else pairs[i]
@@ -157,38 +193,48 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
-    """Texts (and pair texts) from TEXT/--pair, --file, or stdin, in that order of preference."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+def _predict_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, list[str]]:
+    """Texts, pair texts, and where each came from (for error messages), from TEXT/--pair,
+    --file, or stdin, in that order of preference."""
     if args.texts and args.file:
         raise ValueError("give texts as arguments or with --file, not both")
     if args.texts:
         if args.pair is not None and len(args.pair) != len(args.texts):
             raise ValueError(f"got {len(args.texts)} TEXT but {len(args.pair)} --pair texts")
-        return list(args.texts), None if args.pair is None else list(args.pair)
+        names = [f"TEXT {i + 1}" for i in range(len(args.texts))]
+        return list(args.texts), None if args.pair is None else list(args.pair), names
     if args.pair is not None:
         raise ValueError("--pair needs TEXT arguments (use a two-column TSV with --file or stdin)")
     if args.file:
         if not args.file.is_file():
             raise FileNotFoundError(f"--file {args.file} not found")
-        with args.file.open(encoding="utf-8") as f:
-            return _read_lines(f, str(args.file))
+        raw = args.file.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise ValueError(f"{args.file} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                             f"save the file as UTF-8") from None
+        return _read_lines(text.splitlines(), str(args.file))
     return _read_lines(sys.stdin, "stdin")
 
 
-def _read_lines(lines: Iterable[str], source: str) -> tuple[list[str], list[str] | None]:
+def _read_lines(lines: Iterable[str], source: str) -> tuple[list[str], list[str] | None, list[str]]:
     """One text per non-blank line, or ``text<TAB>pair`` on every line for sentence pairs."""
     rows = [(n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(lines, 1) if line.strip()]
     if not rows:
         raise ValueError(f"no texts in {source}")
     width = len(rows[0][1])
     for n, cols in rows:
-        if len(cols) not in (1, 2) or len(cols) != width:
-            raise ValueError(f"{source} line {n}: expected {width} column(s) like line {rows[0][0]}, "
-                             f"got {len(cols)} (one text per line, or text<TAB>pair on every line)")
+        if len(cols) > 2:
+            raise ValueError(f"{source} line {n}: {len(cols)} TAB-separated columns; give one text per line, "
+                             f"or text<TAB>pair")
+        if len(cols) != width:
+            raise ValueError(f"{source} line {n}: {len(cols)} column(s) but line {rows[0][0]} has {width}; "
+                             f"give one text per line, or text<TAB>pair on every line")
     texts = [cols[0] for _, cols in rows]
-    return texts, ([cols[1] for _, cols in rows] if width == 2 else None)
+    names = [f"{source} line {n}" for n, _ in rows]
+    return texts, ([cols[1] for _, cols in rows] if width == 2 else None), names
 
 
 def _format_line(text: str, pair: str | None, result: dict[str, Any], as_json: bool) -> str:

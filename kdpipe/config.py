@@ -46,6 +46,11 @@ class TaskConfig(Strict):
     label_noise_seed: int = 0                            # ... to another class drawn at random, seed fixed
     dev_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    # Your own files (task custom): rows whose inputs repeat an earlier row of the same file are
+    # dropped before any split (keep: kept, with a warning) ...
+    duplicates: Literal["drop", "keep"] = "drop"
+    # ... and train inputs that also appear in your dev/test files are reported (drop: removed from train).
+    overlap: Literal["warn", "drop"] = "warn"
 
     @field_validator("text_columns")
     @classmethod
@@ -245,14 +250,15 @@ class Params(Strict):
 
 
 def format_validation_error(err: ValidationError, prefix: str, source: str) -> str:
+    """``<source>: <dotted key>: <what is wrong>`` for the first bad key, one more line per other one."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
-    return f"{source}: invalid params\n" + "\n".join(lines)
+        lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return f"{source}: {lines[0]}" + "".join(f"\n  and {line}" for line in lines[1:])
 
 
 def suggest(bad: str, known) -> str:
@@ -277,12 +283,23 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
+    # messages name the file as the user knows it: params.yaml when it is in the working folder
+    shown = Path(path.name) if path.parent.resolve() == Path.cwd().resolve() else path
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: the params file is missing (the repository ships one: git checkout "
+                          f"{path.name}; keys: README \"Parameters\")") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read params file: {e.strerror}") from None
+        raise ConfigError(f"{shown}: cannot read params file: {e.strerror}") from None
+    if not text.strip():
+        raise ConfigError(f"{shown}: the params file is empty (the repository ships one: git checkout "
+                          f"{path.name}; keys: README \"Parameters\")")
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path))
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{shown}: not valid YAML{where}: {problem}") from None
+    return parse_params(raw, str(shown))

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -71,3 +71,20 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def remove_stale_temporaries(root: str | Path, folders: Sequence[str]) -> list[Path]:
+    """Remove the temporary siblings (``.<name>.tmp-*``) that a hard-killed writer left anywhere
+    under ``root/<folder>``; returns what was removed."""
+    removed = []
+    for folder in folders:
+        base = Path(root) / folder
+        if not base.is_dir():
+            continue
+        for stale in sorted(base.rglob(".*.tmp-*"), reverse=True):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed

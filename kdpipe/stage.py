@@ -4,14 +4,21 @@ params.yaml, open its MLflow child run, and turn expected failures into one clea
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from kdpipe.config import ConfigError, Params, load_params
 from kdpipe.env import apply_defaults, repo_root
+from kdpipe.files import remove_stale_temporaries
+
+# Where stages write: a hard-killed stage's temporary siblings are removed from these at the
+# start of every stage, whichever stage it is.
+OUTPUT_FOLDERS = ("data", "models", "exports", "metrics", "plots", "checkpoints")
 
 
 @dataclass
@@ -44,17 +51,23 @@ def _raise_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def stage(name: str, sections: list[str], run_name: str | None = None,
-          tags: dict[str, Any] | None = None) -> Iterator[StageContext]:
-    """``sections`` are the params.yaml sections this stage reads (logged as the run's params)."""
+          tags: dict[str, Any] | None = None, reads: Sequence[str] = ()) -> Iterator[StageContext]:
+    """``sections`` are the params.yaml sections this stage reads (logged as the run's params);
+    ``reads`` the model folders it loads (checked in the preflight, before any work)."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary outputs are cleaned up
     # and the MLflow run is marked KILLED instead of the process vanishing mid-write.
     apply_defaults()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     root = repo_root()
+    if os.environ.get("RANK", "0") == "0":  # one process of a multi-process launch cleans
+        remove_stale_temporaries(root, OUTPUT_FOLDERS)
     try:
         params = load_params(root / "params.yaml")
         from kdpipe.pipeline.preflight import preflight
-        preflight(params)
+        preflight(params, [root / r for r in reads])
+        if params.tracking.enabled:
+            from kdpipe.tracking import check_store
+            check_store()
     except _user_errors() as e:
         _fail(name, e, code=2)
     from kdpipe.tracking import stage_run

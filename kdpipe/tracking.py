@@ -11,14 +11,65 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdpipe.config import ConfigError
 from kdpipe.env import repo_root
 
 INVOCATION_TAG = "kdpipe.invocation"
+# Seconds between attempts when the store fails (a locked sqlite file, a server restarting).
+# MLflow itself waits up to 20 s on a locked sqlite file per statement, so three attempts; then
+# the stage carries on without tracking, tries the store again every RETRY_AFTER_S, and catches up.
+BACKOFF_S = (1.0, 2.0)
+RETRY_AFTER_S = 30.0
+MAX_PENDING = 10_000  # logging calls kept for catching up while the store is away
+
+
+def _retry(call: Callable[[], Any], backoff=BACKOFF_S):
+    """``call()``, retried after each delay of ``backoff``; the last failure is raised."""
+    for delay in (*backoff, None):
+        try:
+            return call()
+        except Exception:  # noqa: BLE001 - whatever the store raises, tracking only observes
+            if delay is None:
+                raise
+            time.sleep(delay)
+
+
+def _warn(message: str) -> None:
+    print(f"kdpipe: warning: tracking: {message}", file=sys.stderr, flush=True)
+
+
+def check_store() -> None:
+    """Fail before any work when the local MLflow store is unreadable (not merely locked)."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            db.execute("PRAGMA quick_check").fetchall()
+            db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            return  # busy, not broken: the stage retries and carries on
+        raise ConfigError(_store_error(path, e)) from None
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(_store_error(path, e)) from None
+
+
+def _store_error(path: Path, error: Exception) -> str:
+    return (f"{path}: the MLflow store is not readable ({error}); move it aside (mv {path} {path}.broken) "
+            f"to start a new one, or set tracking.enabled: false")
 
 
 def store_root() -> Path:
@@ -59,43 +110,94 @@ def git_commit(root: Path) -> str | None:
 
 
 class Tracker:
-    """The logging surface stages and the engine use; ``NullTracker`` when tracking is off."""
+    """The logging surface stages and the engine use; ``NullTracker`` when tracking is off.
+
+    Tracking observes, it never takes training down: a failing call is retried with backoff
+    (``BACKOFF_S``), then the stage carries on with one warning; while the store is away each
+    call is tried once, and the calls that failed are replayed, in order, at the next call that
+    succeeds.  Calls go to this run by id, so a child run can be logged to while another is active.
+    """
 
     def __init__(self, mlflow_module, run, parent_id: str | None = None):
         self._mlflow, self.run = mlflow_module, run
         self.run_id, self.parent_id = run.info.run_id, parent_id
+        self._client = mlflow_module.MlflowClient()
+        self._pending: list[tuple[str, Callable[[], Any]]] = []
+        self._degraded_at: float | None = None  # when the store last failed us, while it is away
+
+    def _call(self, what: str, call: Callable[[], Any]) -> None:
+        if self._degraded_at is not None and time.monotonic() - self._degraded_at < RETRY_AFTER_S:
+            self._keep(what, call)  # the store is away: do not stall training on it at every step
+            return
+        if self._pending and not self._catch_up():
+            self._degraded_at = time.monotonic()
+            self._keep(what, call)
+            return
+        try:
+            _retry(call, () if self._degraded_at is not None else BACKOFF_S)
+        except Exception as e:  # noqa: BLE001
+            if self._degraded_at is None:
+                _warn(f"{what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training goes on, "
+                      f"its metrics still go to DVC's files, and MLflow catches up when the store answers")
+            self._degraded_at = time.monotonic()
+            self._keep(what, call)
+            return
+        if self._degraded_at is not None:
+            _warn("the store answers again; caught up")
+            self._degraded_at = None
+
+    def _keep(self, what: str, call: Callable[[], Any]) -> None:
+        if len(self._pending) < MAX_PENDING:
+            self._pending.append((what, call))
+
+    def _catch_up(self) -> bool:
+        while self._pending:
+            what, call = self._pending[0]
+            try:
+                call()
+            except Exception:  # noqa: BLE001
+                return False
+            self._pending.pop(0)
+        return True
+
+    def flush(self) -> bool:
+        """Replay what failed; True when nothing is left pending."""
+        return self._catch_up()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        flat = _flatten(params)
-        items = list(flat.items())
+        items = list(_flatten(params).items())
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in items[i:i + 100]})
+            batch = [self._mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i:i + 100]]
+            self._call("logging params", lambda b=batch: self._client.log_batch(self.run_id, params=b))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = _numeric(metrics)
         if clean:
-            self._mlflow.log_metrics(clean, step=step)
+            stamp = int(time.time() * 1000)
+            batch = [self._mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in clean.items()]
+            self._call("logging metrics", lambda: self._client.log_batch(self.run_id, metrics=batch))
 
     def log_pipeline_metrics(self, metrics: dict[str, float]) -> None:
         """Summary metrics on the pipeline's parent run, so whole pipelines compare in the UI."""
         if self.parent_id:
-            clean = _numeric(metrics)
-            self._mlflow.MlflowClient().log_batch(
-                self.parent_id, metrics=[self._mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-                                         for k, v in clean.items()])
+            stamp = int(time.time() * 1000)
+            batch = [self._mlflow.entities.Metric(k, v, stamp, 0) for k, v in _numeric(metrics).items()]
+            self._call("logging pipeline metrics", lambda: self._client.log_batch(self.parent_id, metrics=batch))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self._mlflow.log_artifacts(str(path), artifact_path)
+            self._call("logging artifacts", lambda: self._client.log_artifacts(self.run_id, str(path), artifact_path))
         elif path.exists():
-            self._mlflow.log_artifact(str(path), artifact_path)
+            self._call("logging an artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._mlflow.log_text(text, artifact_file)
+        self._call("logging text", lambda: self._client.log_text(self.run_id, text, artifact_file))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
+        for k, v in tags.items():
+            if v is not None:
+                self._call("setting tags", lambda k=k, v=v: self._client.set_tag(self.run_id, k, str(v)))
 
     @property
     def mlflow(self):
@@ -104,12 +206,37 @@ class Tracker:
     @contextlib.contextmanager
     def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator["Tracker"]:
         """A run nested under this one (a phase of a multi-phase method, one PTP student): its
-        curves get their own run in the UI.  Logging goes to the child until the block ends."""
+        curves get their own run in the UI.  If the store cannot open it, logging goes to this run."""
         inherited = {k: v for k, v in self.run.data.tags.items() if k.startswith("kdpipe.")}
-        with self._mlflow.start_run(experiment_id=self.run.info.experiment_id, run_name=name, nested=True,
-                                    parent_run_id=self.run_id,
-                                    tags={**inherited, **{k: str(v) for k, v in (tags or {}).items()}}) as run:
-            yield Tracker(self._mlflow, run, self.parent_id)
+        all_tags = {**inherited, **{k: str(v) for k, v in (tags or {}).items()}, "mlflow.parentRunId": self.run_id}
+        try:
+            run = _retry(lambda: self._client.create_run(self.run.info.experiment_id, run_name=name, tags=all_tags))
+        except Exception as e:  # noqa: BLE001
+            _warn(f"cannot open the nested run {name!r} ({type(e).__name__}); logging to {self.run.info.run_name!r}")
+            yield self
+            return
+        child = Tracker(self._mlflow, run, self.parent_id)
+        yield from _until_done(child, lambda status: [("ending the run", lambda: self._client.set_terminated(
+            run.info.run_id, status))])
+
+
+def _until_done(tracker: "Tracker", finish: Callable[[str], list]):
+    """Yield ``tracker``; afterwards catch up and end its run(s) FINISHED, FAILED or KILLED (Ctrl-C,
+    SIGTERM), each ending call as resilient as logging."""
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker._degraded_at = None  # the end of a run is worth one more full try
+        for what, call in finish(status):
+            tracker._call(what, call)
+        if tracker._pending and not tracker.flush():
+            _warn(f"{len(tracker._pending)} logging call(s) could not reach the store and are lost to MLflow "
+                  f"(DVC's metrics files have them)")
 
 
 class NullTracker:
@@ -178,11 +305,33 @@ def _pipeline_parent(client, experiment_id: str, tags: dict[str, str]) -> str:
 @contextlib.contextmanager
 def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
               run_name: str | None = None, tags: dict[str, Any] | None = None) -> Iterator[Tracker | NullTracker]:
-    """A child MLflow run for one stage (or one method of a stage) under the pipeline's parent."""
+    """A child MLflow run for one stage (or one method of a stage) under the pipeline's parent.
+
+    Runs left RUNNING by a hard-killed stage of this project are marked KILLED first, and the new
+    run of the same stage links to the one it resumes (tag ``kdpipe.resumes``).  A store that does
+    not answer (after retries) leaves the stage untracked, with a warning."""
     if not enabled:
         yield NullTracker()
         return
     import mlflow
+
+    try:
+        run, client, parent_id = _retry(lambda: _open_stage_run(mlflow, stage, experiment, run_name, tags or {}))
+    except Exception as e:  # noqa: BLE001
+        _warn(f"cannot open the MLflow run ({type(e).__name__}: {str(e).splitlines()[0][:200]}); this stage "
+              f"runs untracked (its metrics still go to DVC's files)")
+        yield NullTracker()
+        return
+
+    def finish(status: str) -> list:
+        return [("ending the run", lambda: mlflow.end_run(status)),
+                ("ending the pipeline run", lambda: client.set_terminated(parent_id, status=status))]
+
+    yield from _until_done(Tracker(mlflow, run, parent_id), finish)
+
+
+def _open_stage_run(mlflow, stage: str, experiment: str, run_name: str | None, tags: dict):
+    import psutil
 
     root = store_root()
     mlflow.set_tracking_uri(tracking_uri(root))
@@ -190,20 +339,54 @@ def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
     client = mlflow.MlflowClient()
     common = {"mlflow.source.git.commit": git_commit(repo_root()), "kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME")}
     common = {k: v for k, v in common.items() if v}
+    name = run_name or stage
+    killed = close_orphaned_runs(client, exp_id)
     parent_id = _pipeline_parent(client, exp_id, common)
-    all_tags = {**common, "kdpipe.stage": stage, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
-    status = "FAILED"
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, parent_run_id=parent_id,
-                          nested=True, tags=all_tags) as run:
+    me = psutil.Process()
+    all_tags = {**common, "kdpipe.stage": stage, **{k: str(v) for k, v in tags.items() if v is not None},
+                "kdpipe.host": socket.gethostname(), "kdpipe.pid": str(me.pid),
+                "kdpipe.pid_started": str(int(me.create_time()))}
+    resumes = [r.info.run_id for r in killed if r.info.run_name == name and r.data.tags.get("kdpipe.stage") == stage]
+    if resumes:
+        all_tags["kdpipe.resumes"] = resumes[0]
+    while mlflow.active_run() is not None:  # a failed earlier attempt of this call left one open
+        mlflow.end_run("FAILED")
+    run = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent_id, nested=True, tags=all_tags)
+    return run, client, parent_id
+
+
+def close_orphaned_runs(client, experiment_id: str) -> list:
+    """Mark KILLED the runs still RUNNING whose process (on this host) is gone: stage runs by
+    their ``kdpipe.pid`` tag, pipeline runs by their invocation's ``dvc`` process.  Returns the
+    stage runs it closed (best effort: a store error leaves them as they are)."""
+    import psutil
+
+    def alive(pid: str | None, started: str | None) -> bool:
         try:
-            yield Tracker(mlflow, run, parent_id)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            mlflow.end_run(status)
-            client.set_terminated(parent_id, status="FINISHED" if status == "FINISHED" else status)
+            return psutil.Process(int(pid)).create_time() // 1 == int(started)
+        except (psutil.Error, TypeError, ValueError):
+            return False
+
+    try:
+        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
+    except Exception:  # noqa: BLE001
+        return []
+    killed = []
+    for run in running:
+        tags = run.data.tags
+        if tags.get("kdpipe.kind") == "pipeline":
+            _, pid, started = (tags.get(INVOCATION_TAG, "") + "--").split("-")[:3]
+            gone = not alive(pid, started)
+        elif "kdpipe.pid" in tags and tags.get("kdpipe.host") == socket.gethostname():
+            gone = not alive(tags["kdpipe.pid"], tags.get("kdpipe.pid_started"))
+        else:
+            continue
+        if gone:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run.info.run_id, status="KILLED")
+                if tags.get("kdpipe.kind") != "pipeline":
+                    killed.append(run)
+    return killed
 
 
 def log_onnx_model(tracker: Tracker | NullTracker, path: Path, name: str = "student_onnx") -> None:

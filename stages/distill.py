@@ -6,7 +6,7 @@ from kdpipe.stage import stage
 
 run_name = sys.argv[1]
 with stage("distill", ["seed", "max_length", "student"], run_name=f"distill/{run_name}",
-           tags={"kdpipe.run": run_name}) as s:
+           tags={"kdpipe.run": run_name}, reads=["models/teacher"]) as s:
     from kdpipe.files import write_json
     from kdpipe.methods.mapping import format_rows
     from kdpipe.methods.registry import run_student

@@ -2,7 +2,7 @@
 
 from kdpipe.stage import stage
 
-with stage("evaluate", ["evaluate"]) as s:
+with stage("evaluate", ["evaluate"], reads=["models/teacher"]) as s:
     from kdpipe.files import write_json
     from kdpipe.pipeline.evaluate import evaluate_models, tradeoff_rows
     from kdpipe.evaluation.charts import plot_curves, plot_tradeoff

@@ -5,7 +5,8 @@ import sys
 from kdpipe.stage import stage
 
 run_name = sys.argv[1]
-with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.run": run_name}) as s:
+with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.run": run_name},
+           reads=[f"models/students/{run_name}"]) as s:
     from kdpipe.files import write_json
     from kdpipe.pipeline.export import export_student
     from kdpipe.tracking import log_onnx_model

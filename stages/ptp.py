@@ -3,7 +3,7 @@ that a run with `student.init: ptp` asks for (see kdpipe/pipeline/ptp.py)."""
 
 from kdpipe.stage import stage
 
-with stage("ptp", ["seed", "max_length", "student", "ptp"]) as s:
+with stage("ptp", ["seed", "max_length", "student", "ptp"], reads=["models/teacher"]) as s:
     from kdpipe.files import write_json
     from kdpipe.pipeline.ptp import pretrain_ptp
 

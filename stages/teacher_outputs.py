@@ -3,7 +3,7 @@ for every method whose teacher signal they are (see kdpipe/training/teacher_cach
 
 from kdpipe.stage import stage
 
-with stage("teacher_outputs", ["max_length"]) as s:
+with stage("teacher_outputs", ["max_length"], reads=["models/teacher"]) as s:
     from kdpipe.pipeline.teacher_outputs import teacher_outputs
 
     s.tracker.log_params({"teacher_cache": s.params.distill.teacher_cache.model_dump()})

@@ -214,7 +214,22 @@ def test_every_third_party_import_is_declared_with_bounds_and_pinned():
             problems.append(f"{req}: needs a lower and an upper bound")
         if not hit & pinned:
             problems.append(f"{top}: not pinned in constraints.txt")
+    for req, pin in _pins_against_bounds():
+        problems.append(f"constraints.txt pins {pin}, outside pyproject.toml's {req}")
     assert not problems, problems
+
+
+def _pins_against_bounds():
+    from packaging.requirements import Requirement
+
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {_norm(k): v.strip() for k, v in pins.items()}
+    for raw in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(raw)
+        pin = pins.get(_norm(req.name))
+        if pin is not None and not req.specifier.contains(pin.split("+")[0], prereleases=True):
+            yield raw, f"{req.name}=={pin}"
 
 
 def _norm(name: str) -> str:

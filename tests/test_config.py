@@ -55,7 +55,7 @@ def test_malformed_and_unreadable_files_name_the_file(tmp_path):
     bad.write_text("task: [unclosed\n")
     with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML"):
         load_params(bad)
-    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: the params file is missing"):
         load_params(tmp_path / "missing.yaml")
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):

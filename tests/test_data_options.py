@@ -114,3 +114,48 @@ def test_supplementary_cannot_be_the_task_itself(tmp_path):
     split fractions, leak dev/test texts into distillation."""
     with pytest.raises(TaskDataError, match=r"supplementary\.task: 'tweets' is the task itself"):
         supplementary_frame(SupplementaryConfig(task="tweets"), TaskConfig(), get_task("tweets"), 0, tmp_path)
+
+
+# ------------------------------------------------------------------ duplicates, overlap, rare classes
+def _custom(tmp_path, train: str, dev: str | None = None, **task):
+    (tmp_path / "train.csv").write_text(train)
+    files = {"train": "train.csv"}
+    if dev is not None:
+        (tmp_path / "dev.csv").write_text(dev)
+        files["dev"] = "dev.csv"
+    cfg = TaskConfig(name="custom", files=files, text_columns=["text"], label_column="label", **task)
+    return load_task(cfg, 0, tmp_path)
+
+
+ROWS = "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+
+
+def test_duplicated_rows_are_dropped_before_the_split(tmp_path, caplog):
+    dup = "text,label\n" + ROWS + "text 3,pos\ntext 4,neg\ntext 4,neg\n"
+    _, frames = _custom(tmp_path, dup, dev_fraction=0.2, test_fraction=0.2)
+    texts = [t for f in frames.values() for t in f["text_a"]]
+    assert len(texts) == 20 and len(set(texts)) == 20  # 3 repeats dropped: no text in two splits
+    assert "dropped 3 row(s) whose inputs repeat an earlier row (data rows, 1-based: 21, 22, 23" in caplog.text
+
+
+def test_duplicates_kept_on_request_with_a_warning(tmp_path, caplog):
+    _, frames = _custom(tmp_path, "text,label\n" + ROWS + "text 3,pos\n", dev_fraction=0.2, test_fraction=0.2,
+                        duplicates="keep")
+    assert sum(len(f) for f in frames.values()) == 21 and "kept (task.duplicates: keep)" in caplog.text
+
+
+def test_train_inputs_also_in_the_users_dev_file_are_reported_or_dropped(tmp_path, caplog):
+    train = "text,label\n" + ROWS
+    dev = "text,label\ntext 1,pos\ntext 2,neg\nnew one,pos\n"
+    _, frames = _custom(tmp_path, train, dev)
+    assert len(frames["train"]) == 20 and "2 train input(s) also appear in dev" in caplog.text
+    assert "'text 1', 'text 2'" in caplog.text and "set task.overlap: drop" in caplog.text
+    _, frames = _custom(tmp_path, train, dev, overlap="drop")
+    assert len(frames["train"]) == 18 and not set(frames["train"]["text_a"]) & set(frames["dev"]["text_a"])
+
+
+def test_a_rare_derived_class_is_shown_with_the_counts(tmp_path, caplog):
+    rows = "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(200))
+    spec, _ = _custom(tmp_path, "text,label\n" + rows + "odd one,meh\nodd two,meh\nodd three,meh\n", dev_fraction=0.2, test_fraction=0.2)
+    assert spec.labels == ("meh", "neg", "pos")
+    assert "3 classes (meh 3, neg" in caplog.text and "rare class(es) 'meh' may be typos" in caplog.text

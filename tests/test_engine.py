@@ -83,6 +83,17 @@ def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     assert [r["loss"] for r in result.train_curve] == pytest.approx([r["loss"] for r in ref_result.train_curve])
 
 
+def test_a_resume_between_two_logged_rows_gives_the_same_loss_curve(setup, tmp_path):
+    """Checkpoint at step 3, rows every 2 steps: the row of step 4 averages steps 3 and 4 in both
+    runs (the partial sum of step 3 is in the checkpoint)."""
+    _, ref_result = run(setup, tmp_path / "a", select="last", checkpoint_every=3, log_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "b", select="last", checkpoint_every=3, log_every=2, stop=3)
+    _, result = run(setup, tmp_path / "b", select="last", checkpoint_every=3, log_every=2)
+    assert result.resumed_from_step == 3
+    assert result.train_curve == ref_result.train_curve
+
+
 def test_checkpoint_of_other_inputs_is_not_resumed(setup, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path, stop=5)

@@ -1,5 +1,10 @@
 """MLflow: stages of one invocation are children of one parent run, in the repo's sqlite store."""
 
+import os
+import sqlite3
+import subprocess
+import sys
+
 import pytest
 
 from kdpipe.tracking import NullTracker, invocation_key, stage_run, tracking_uri
@@ -81,3 +86,107 @@ def test_phases_are_runs_nested_in_their_stage_run(repo):
     assert runs["distill/tb"].data.metrics == {"best_dev": 0.5}
     with NullTracker().child("x") as null:  # tracking off: phases log nowhere
         null.log_metrics({"a": 1})
+
+
+# ------------------------------------------------------------------------- tracking is an observer
+@pytest.fixture
+def flaky_store(monkeypatch):
+    """The store fails (as a locked sqlite file does, once MLflow's own 20 s wait is over) while
+    ``down`` is set; retries and the cool-down are shortened to keep the test fast."""
+    import mlflow
+    import sqlalchemy.exc
+
+    import kdpipe.tracking as tracking
+
+    monkeypatch.setattr(tracking, "BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(tracking, "RETRY_AFTER_S", 0.0)
+    state = {"down": False, "attempts": 0}
+    real_log_batch, real_start_run = mlflow.MlflowClient.log_batch, mlflow.start_run
+
+    def fail_while_down(real):
+        def call(*args, **kwargs):
+            if state["down"]:
+                state["attempts"] += 1
+                raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", fail_while_down(real_log_batch))
+    monkeypatch.setattr(mlflow, "start_run", fail_while_down(real_start_run))
+    return state
+
+
+def test_a_store_down_mid_training_is_retried_then_caught_up(repo, flaky_store, capfd):
+    import mlflow
+
+    with stage_run("teacher", experiment="lock") as t:
+        t.log_metrics({"loss": 3.0}, step=1)
+        flaky_store["down"] = True
+        t.log_metrics({"loss": 2.0}, step=2)  # fails after the retries: kept, with one warning
+        t.log_metrics({"loss": 1.5}, step=3)  # one try, kept
+        assert flaky_store["attempts"] == 3 + 1
+        flaky_store["down"] = False
+        t.log_metrics({"loss": 1.0}, step=4)  # the store answers: the two kept calls go first
+    err = capfd.readouterr().err
+    assert err.count("kdpipe: warning: tracking: logging metrics failed") == 1 and "caught up" in err
+    client = mlflow.MlflowClient(tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name("lock").experiment_id],
+                             filter_string="tags.`kdpipe.stage` = 'teacher'")[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert run.info.status == "FINISHED"
+
+
+def test_a_store_down_at_start_leaves_the_stage_untracked_not_failed(repo, flaky_store, capfd):
+    flaky_store["down"] = True
+    with stage_run("data", experiment="first") as t:
+        assert isinstance(t, NullTracker)
+        t.log_metrics({"rows": 1})
+    assert "this stage runs untracked" in capfd.readouterr().err
+
+
+def test_a_really_locked_store_is_busy_not_corrupted(repo):
+    from kdpipe.tracking import check_store
+
+    with stage_run("data", experiment="first"):
+        pass
+    conn = sqlite3.connect(repo / "mlflow.db", timeout=0.1, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        check_store()  # no error: the stage will retry, not refuse to start
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_a_corrupted_store_fails_the_preflight_naming_it(repo):
+    from kdpipe.config import ConfigError
+    from kdpipe.tracking import check_store
+
+    (repo / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match=r"mlflow\.db: the MLflow store is not readable .*mv .*mlflow\.db\.broken"
+                                          r".*tracking\.enabled: false"):
+        check_store()
+
+
+def test_runs_of_a_killed_stage_are_marked_killed_and_linked(repo):
+    import mlflow
+
+    code = ("import os, sys\nfrom kdpipe.tracking import stage_run\n"
+            "with stage_run('teacher', experiment='k') as t:\n"
+            "    t.log_metrics({'loss': 1.0}, step=1)\n"
+            "    os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KDPIPE_PIPELINE_RUN_ID": ""})
+    assert proc.returncode == -9
+    client = mlflow.MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name("k").experiment_id
+    left = client.search_runs([exp], filter_string="tags.`kdpipe.stage` = 'teacher'")
+    assert [r.info.status for r in left] == ["RUNNING"]
+    with stage_run("teacher", experiment="k"):
+        pass
+    runs = {r.info.run_id: r for r in client.search_runs([exp], filter_string="tags.`kdpipe.stage` = 'teacher'")}
+    old = runs[left[0].info.run_id]
+    new = next(r for r in runs.values() if r.info.run_id != old.info.run_id)
+    assert old.info.status == "KILLED" and new.data.tags["kdpipe.resumes"] == old.info.run_id
+    parents = client.search_runs([exp], filter_string="tags.`kdpipe.kind` = 'pipeline'")
+    assert "RUNNING" not in {p.info.status for p in parents}

@@ -226,6 +226,7 @@ _ALLOWED_SOURCES: dict[str, tuple[Source, ...]] = {
     TWEETS: ("package",), CUSTOM: ("files",), **{n: ("glue_dir", "hub") for n in GLUE_TASKS}}
 # task keys that only describe user files; set for another task they would be silently ignored.
 _CUSTOM_ONLY_KEYS = ("files", "text_columns", "label_column", "problem", "labels")
+_CUSTOM_ONLY_DEFAULTS = {"duplicates": "drop", "overlap": "warn"}  # custom-only keys that have a default
 
 
 def task_names() -> list[str]:
@@ -276,6 +277,10 @@ def load_task(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]
     if name != CUSTOM:
         for key in _CUSTOM_ONLY_KEYS:
             if getattr(cfg, key):
+                raise TaskDataError(f"task.{key}: only used with task.name: custom (task.name is {name!r}); "
+                                    "remove it")
+        for key, default in _CUSTOM_ONLY_DEFAULTS.items():
+            if getattr(cfg, key) != default:
                 raise TaskDataError(f"task.{key}: only used with task.name: custom (task.name is {name!r}); "
                                     "remove it")
 
@@ -507,12 +512,77 @@ def _load_custom(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Fram
     ids = _label_ids(spec)
     frames = {split: _extract(raw, origin, text_columns, cfg.label_column, spec, ids, hint)
               for split, (raw, origin) in raws.items()}
+    frames = {split: _deduplicate(frame, raws[split][1], cfg.duplicates) for split, frame in frames.items()}
+    frames["train"] = _check_overlap(frames, raws, cfg.overlap)
+    if spec.problem == "classification" and cfg.labels is None:
+        _report_class_counts(frames["train"], spec, raws["train"][1], cfg.label_column)
     if "dev" not in frames:
         # No dev file: carve dev (and test, when no test file and test_fraction > 0) out of train.
         carved = _carve(frames["train"], cfg, seed, stratify=problem == "classification",
-                        origin=raws["train"][1], carve_test="test" not in frames and cfg.test_fraction > 0)
+                        origin=raws["train"][1], carve_test="test" not in frames and cfg.test_fraction > 0,
+                        labels=spec.labels)
         frames = {**frames, **carved}
     return spec, {s: frames[s] for s in ("train", "dev", "test") if s in frames}
+
+
+def _input_keys(frame: pd.DataFrame) -> pd.Series:
+    """One string per row that is equal exactly when the rows' inputs (text_a, text_b) are."""
+    keys = frame["text_a"].astype(str)
+    if "text_b" in frame:
+        keys = keys + "\t" + frame["text_b"].astype(str)
+    return keys
+
+
+def _deduplicate(frame: pd.DataFrame, origin: str, mode: str) -> pd.DataFrame:
+    """Rows whose inputs repeat an earlier row: dropped (``task.duplicates: drop``, before any
+    split, so no text lands in both train and dev) or kept with a warning."""
+    repeated = _input_keys(frame).duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return frame
+    rows = (np.flatnonzero(repeated) + 1).tolist()
+    if mode == "keep":
+        log.warning("%s: %d row(s) repeat the inputs of an earlier row (data rows, 1-based: %s); kept "
+                    "(task.duplicates: keep): a carved dev/test split can share texts with train",
+                    origin, len(rows), _show(rows))
+        return frame
+    log.warning("%s: dropped %d row(s) whose inputs repeat an earlier row (data rows, 1-based: %s; "
+                "task.duplicates: keep keeps them)", origin, len(rows), _show(rows))
+    return frame[~repeated].reset_index(drop=True)
+
+
+def _check_overlap(frames: Frames, raws: dict, mode: str) -> pd.DataFrame:
+    """Train inputs that also appear in the user's own dev/test files: reported, or (``task.overlap:
+    drop``) removed from train, so dev/test metrics are not inflated by texts seen in training."""
+    train = frames["train"]
+    keys = _input_keys(train)
+    shared = np.zeros(len(train), dtype=bool)
+    for split in ("dev", "test"):
+        if split not in frames:
+            continue
+        hit = keys.isin(set(_input_keys(frames[split]))).to_numpy()
+        if hit.any():
+            examples = _show(train["text_a"][hit].tolist()[:3])
+            log.warning("%s: %d train input(s) also appear in %s (%s), e.g. %s%s", raws["train"][1], int(hit.sum()),
+                        split, raws[split][1], examples,
+                        "; dropped from train (task.overlap: drop)" if mode == "drop"
+                        else "; set task.overlap: drop to remove them from train")
+        shared |= hit
+    if mode == "drop" and shared.any():
+        train = train[~shared].reset_index(drop=True)
+        if train.empty:
+            raise TaskDataError(f"{raws['train'][1]}: every train input is also in dev/test (task.overlap: drop)")
+    return train
+
+
+def _report_class_counts(train: pd.DataFrame, spec: TaskSpec, origin: str, label_column: str) -> None:
+    """Labels derived from the data: a class far rarer than the others is often a typo ('meh'
+    among positive/negative), so the counts per class are shown."""
+    counts = np.bincount(train["label"].to_numpy(), minlength=spec.num_labels)
+    rare = [name for name, n in zip(spec.labels, counts) if n < max(5, 0.01 * len(train))]
+    if rare:
+        shown = ", ".join(f"{name} {n}" for name, n in zip(spec.labels, counts))
+        log.warning("%s: column %r has %d classes (%s); rare class(es) %s may be typos: set task.labels to the "
+                    "real label set to catch them", origin, label_column, spec.num_labels, shown, _show(rare))
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,6 +636,10 @@ def _read(path: Path, fmt: str, *, header: bool = True, encoding: str = "utf-8-s
         return pd.read_parquet(path)
     except TaskDataError:
         raise
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1 if isinstance(e.object, bytes) else "?"
+        raise TaskDataError(f"{path} line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the file "
+                            f"as UTF-8") from None
     except Exception as e:  # noqa: BLE001 - pandas/pyarrow raise many types; all mean "unparsable"
         raise TaskDataError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from None
 
@@ -640,7 +714,7 @@ def _label_strings(values: pd.Series) -> pd.Series:
 
 def _derive_labels(raw: pd.DataFrame, origin: str, label_column: str, hint: str) -> tuple[str, ...]:
     _require_columns(raw, origin, (label_column,), hint)
-    found = {v for v in _label_strings(raw[label_column]) if v is not None}
+    found = {v for v in _label_strings(raw[label_column]) if isinstance(v, str)}  # missing: None or NaN
     # Natural order for integer labels, so "10" sorts after "9" and class id == value for 0..K-1.
     try:
         labels = tuple(sorted(found, key=int))
@@ -700,7 +774,7 @@ def _extract(raw: pd.DataFrame, origin: str, text_columns: Sequence[str | int], 
 
 
 def _split_off(frame: pd.DataFrame, size: float | int, seed: int, stratify: bool,
-               origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+               origin: str, labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rest, part): a seeded, stratified-when-possible split that keeps the file order within each."""
     from sklearn.model_selection import train_test_split
 
@@ -711,26 +785,37 @@ def _split_off(frame: pd.DataFrame, size: float | int, seed: int, stratify: bool
     except ValueError:
         if not stratify:
             raise TaskDataError(f"{origin}: {len(frame)} rows are too few to split off {size}") from None
-        # Stratification needs >= 2 rows per class; tiny or very skewed data falls back to random.
-        log.warning("%s: cannot stratify (a class is too rare); splitting at random", origin)
-        try:
-            rest, part = train_test_split(index, test_size=size, random_state=seed)
-        except ValueError:
-            raise TaskDataError(f"{origin}: {len(frame)} rows are too few to split off {size}") from None
+        counts = pd.Series(frame["label"]).value_counts().sort_index()
+        rare = [(labels[int(k)] if labels else int(k), int(v)) for k, v in counts.items() if v < 2]
+        if rare:  # stratification needs >= 2 rows per class
+            shown = ", ".join(f"{name!r} has {n}" for name, n in rare)
+            raise TaskDataError(f"{origin}: class {shown} example(s); a stratified dev/test split needs at least "
+                                f"2 per class (fix the label, add examples, or give a dev file in task.files.dev)"
+                                ) from None
+        raise TaskDataError(f"{origin}: {len(frame)} rows are too few to split off {size}") from None
     if len(rest) == 0 or len(part) == 0:
         raise TaskDataError(f"{origin}: {len(frame)} rows are too few to split off {size}")
     return frame.iloc[np.sort(rest)].reset_index(drop=True), frame.iloc[np.sort(part)].reset_index(drop=True)
 
 
 def _carve(frame: pd.DataFrame, cfg: TaskConfig, seed: int, *, stratify: bool, origin: str,
-           carve_test: bool) -> Frames:
+           carve_test: bool, labels: Sequence[str] | None = None) -> Frames:
     """Train/dev(/test) from one labelled frame; fractions are of the whole frame."""
+    if stratify:  # each stratified cut needs two rows of a class: one to keep, one to give
+        needed = 3 if carve_test else 2
+        counts = pd.Series(frame["label"]).value_counts().sort_index()
+        rare = [(labels[int(k)] if labels else int(k), int(v)) for k, v in counts.items() if v < needed]
+        if rare:
+            shown = ", ".join(f"{name!r} has {n}" for name, n in rare)
+            raise TaskDataError(f"{origin}: class {shown} example(s); carving a stratified dev{' and test' * carve_test} "
+                                f"split needs at least {needed} per class (fix the label, add examples, or give "
+                                f"a dev file in task.files.dev)")
     frames: Frames = {}
     rest = frame
     if carve_test:
-        rest, frames["test"] = _split_off(rest, cfg.test_fraction, seed, stratify, origin)
+        rest, frames["test"] = _split_off(rest, cfg.test_fraction, seed, stratify, origin, labels)
     dev_share = cfg.dev_fraction / (1 - (cfg.test_fraction if carve_test else 0.0))
-    frames["train"], frames["dev"] = _split_off(rest, dev_share, seed, stratify, origin)
+    frames["train"], frames["dev"] = _split_off(rest, dev_share, seed, stratify, origin, labels)
     return {s: frames[s] for s in ("train", "dev", "test") if s in frames}
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from kdpipe.evaluation.latency import time_calls
-from kdpipe.export.runtime import OUTPUT_NAME, make_session, session_logits
+from kdpipe.export.runtime import OUTPUT_NAME, disable_telemetry, make_session, ort, session_logits
 from kdpipe.files import atomic_file
 
 __all__ = ["INPUT_ORDER", "export_onnx", "quantize_int8", "make_session", "onnx_logits", "parity",
@@ -136,6 +135,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
     into ``dst``, written atomically.  Inputs/outputs keep their names, dtypes and shapes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy; only needed here
 
+    disable_telemetry()
     model = onnx.load(str(src))
     strip_initializer_value_info(model)
     with atomic_file(dst) as tmp, _quiet_quantizer():

@@ -13,6 +13,7 @@ either (a test checks ``sys.modules`` in a fresh interpreter).  An export folder
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,19 @@ OUTPUT_NAME = "logits"
 Variant = Literal["fp32", "int8"]
 
 
+def disable_telemetry() -> None:
+    """Turn off onnxruntime's usage events, before every session kdpipe makes and every
+    quantisation, so no process of kdpipe's runs ORT with them on.  (On onnxruntime 1.31 for
+    Linux the native library still resolves its telemetry host a few seconds after it loads,
+    flag or not; nothing depends on the answer: tests/test_runtime.py runs an export with no
+    network at all.)"""
+    ort.disable_telemetry_events()
+
+
 def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """An ORT session on the CPU provider, named explicitly so that ORT builds with other
     providers never pick one silently.  ``threads=None`` keeps ORT's default (all cores)."""
+    disable_telemetry()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -67,7 +78,13 @@ class ExportMeta:
 
     @classmethod
     def load(cls, path: str | Path) -> ExportMeta:
-        raw = json.loads(Path(path).read_text())
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                             f"re-export the model (dvc repro export@<run>)") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a UTF-8 text file; re-export the model (dvc repro export@<run>)") from None
         if not isinstance(raw, dict) or "max_length" not in raw:
             raise ValueError(f"{path}: expected an object with at least 'max_length'")
         problem = raw.get("problem", "classification")
@@ -90,7 +107,13 @@ def load_tokenizer(folder: str | Path, max_length: int) -> Tokenizer:
     and pad to the longest sequence in the batch.
     """
     folder = Path(folder)
-    tokenizer = Tokenizer.from_file(str(_require(folder / TOKENIZER_FILE)))
+    try:
+        tokenizer = Tokenizer.from_file(str(_require(folder / TOKENIZER_FILE)))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a broken file
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{folder / TOKENIZER_FILE}: not a readable tokenizer ({str(e)[:200]}); "
+                         f"re-export the model (dvc repro export@<run>)") from None
     pad_token, pad_type_id = _pad_token(tokenizer, folder)
     pad_id = tokenizer.token_to_id(pad_token)
     if pad_id is None:
@@ -181,7 +204,18 @@ class OnnxTextClassifier:
         meta = ExportMeta.load(_require(folder / EXPORT_META_FILE))
         model_path = _require(folder / MODEL_FILES[variant])
         tokenizer = load_tokenizer(folder, meta.max_length)
-        return cls(make_session(model_path, threads), tokenizer, meta)
+        try:
+            session = make_session(model_path, threads)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{model_path}: onnxruntime cannot load it ({type(e).__name__}: {first[:200]}); "
+                             f"re-export the model (dvc repro export@<run>)") from None
+        return cls(session, tokenizer, meta)
+
+    @property
+    def num_text_fields(self) -> int:
+        """1 (single text) or 2 (sentence pairs), from the export's task; 1 if unknown."""
+        return int(self.meta.task.get("num_text_fields", 1))
 
     @property
     def labels(self) -> list[str] | None:
@@ -206,6 +240,7 @@ class OnnxTextClassifier:
         texts, pairs = _as_lists(texts, pairs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.check_inputs(texts, pairs, allow_empty=True)
         chunks = [
             session_logits(self.session, self.encode(texts[i:i + batch_size],
                                                      None if pairs is None else pairs[i:i + batch_size]))
@@ -214,6 +249,29 @@ class OnnxTextClassifier:
         if not chunks:
             return np.zeros((0, self._num_outputs()), dtype=np.float32)
         return np.concatenate(chunks, axis=0)
+
+    def check_inputs(self, texts: Sequence[str], pairs: Sequence[str] | None,
+                     names: Sequence[str] | None = None, allow_empty: bool = False) -> None:
+        """Refuse what the model would silently misread: a sentence pair for a single-text model,
+        a single text for a pair model, and an empty (or whitespace-only) text.  ``names`` say
+        where each input came from (``line 3``), for the message.  ``allow_empty`` (the Python
+        API): an empty text is scored as ``[CLS] [SEP]``, as transformers does, with a warning."""
+        where = names or [f"text {i + 1}" for i in range(len(texts))]
+        task = self.meta.task.get("name", "this model")
+        fields = self.meta.task.get("num_text_fields")
+        if fields == 1 and pairs is not None:
+            raise ValueError(f"{where[0]}: got a sentence pair (TAB-separated or --pair), but {task} takes "
+                             f"single texts")
+        if fields == 2 and pairs is None:
+            raise ValueError(f"{where[0]}: got a single text, but {task} takes sentence pairs "
+                             f"(give 'first<TAB>second', or TEXT with --pair)")
+        for i, text in enumerate(texts):
+            empty = "the text is empty" if not str(text).strip() else \
+                "the second text of the pair is empty" if pairs is not None and not str(pairs[i]).strip() else None
+            if empty and not allow_empty:
+                raise ValueError(f"{where[i]}: {empty}")
+            if empty:
+                warnings.warn(f"{where[i]}: {empty}; it is scored as an empty input", stacklevel=3)
 
     def predict(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
                 batch_size: int = 32) -> list[dict[str, Any]]:

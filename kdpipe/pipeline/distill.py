@@ -30,7 +30,7 @@ from kdpipe.models.students import make_student
 from kdpipe.pipeline.common import save_trained, summary, with_main_metric
 from kdpipe.pipeline.ptp import ptp_encoder_dir
 from kdpipe.pipeline.teacher_outputs import open_cache
-from kdpipe.training.checkpoints import finished_phase, fingerprint, mark_phase_done
+from kdpipe.training.checkpoints import finished_phase, fingerprint, mark_phase_done, remove_checkpoints
 from kdpipe.training.engine import is_main_process, train
 from kdpipe.training.phases import PhaseOutcome, merge_phases, phase_run
 from kdpipe.training.teacher_cache import TeacherCache
@@ -175,6 +175,7 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     save_trained(setup.student, setup.tokenizer, out_dir, plots_dir, run_name, curve, setup.spec, {
         "role": "student", "run": run_name, "method": setup.method.describe(), "init_layers": setup.layers,
         "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result})
+    remove_checkpoints(checkpoint_dir)
     return result
 
 

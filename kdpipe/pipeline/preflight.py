@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from transformers import AutoConfig
 
 from kdpipe.config import ConfigError, Params
@@ -10,20 +13,27 @@ from kdpipe.env import repo_root
 from kdpipe.methods.registry import build_run_method, check_runs, run_student
 from kdpipe.models.adapters import family_of
 from kdpipe.models.family import ModelError
-from kdpipe.models.loading import resolve_model_path
+from kdpipe.models.loading import check_model_folder, resolve_model_path
 from kdpipe.models.students import select_layers
 
 
-def preflight(params: Params) -> None:
+def preflight(params: Params, reads: Sequence[Path] = ()) -> None:
     """Every run against its method (name, params, phases), then against the real shapes: an
     unknown task, a missing teacher package/path, a student deeper than the teacher (read from
     the teacher's config), or a run whose layer mapping, widths or head counts cannot work fail
-    here, naming the key at fault."""
+    here, naming the key at fault.  ``reads``: model folders the stage loads (the fine-tuned teacher,
+    a student), checked too when present (a missing one is the stage's own error)."""
     check_runs(params)
     problem = params.task.problem or "classification"
     if params.task.name != "custom":
         problem = get_task(params.task.name).problem  # an unknown name fails here, listing the known ones
-    config = AutoConfig.from_pretrained(resolve_model_path(params.teacher.model))
+    teacher = resolve_model_path(params.teacher.model)
+    if Path(teacher).is_dir():
+        check_model_folder(teacher, "teacher.model")
+    for folder in reads:
+        if Path(folder).is_dir():
+            check_model_folder(folder, str(folder))
+    config = AutoConfig.from_pretrained(teacher)
     depth = family_of(config).depth(config)
     select_layers(depth, params.student.num_layers, params.student.layers)
     for run_name in params.distill.runs:

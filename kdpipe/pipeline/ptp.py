@@ -24,7 +24,7 @@ from kdpipe.models.adapters import num_layers
 from kdpipe.models.loading import count_parameters, encoder_for, load_classifier, load_tokenizer, save_model
 from kdpipe.models.students import architecture_name, make_student
 from kdpipe.pipeline.common import summary
-from kdpipe.training.checkpoints import finished_phase, fingerprint, mark_phase_done
+from kdpipe.training.checkpoints import finished_phase, fingerprint, keep_selected_only, mark_phase_done
 from kdpipe.training.engine import TrainResult, is_main_process, train
 from kdpipe.training.phases import phase_run
 
@@ -113,6 +113,7 @@ def _train_ptp_student(params, name, student, ptp_spec, ptp_sets, collator, teac
                            checkpoint_dir=checkpoint_dir, fingerprint=inputs, logger=tracker,
                            desc=f"ptp/{name}")
             mark_phase_done(checkpoint_dir, inputs, result)
+    keep_selected_only(checkpoint_dir)
     return result
 
 

@@ -12,7 +12,7 @@ from kdpipe.data.splits import load_datasets
 from kdpipe.methods.base import FineTune, MethodParams
 from kdpipe.models.loading import encoder_for, load_classifier, load_tokenizer, resolve_model_path
 from kdpipe.pipeline.common import save_trained, summary
-from kdpipe.training.checkpoints import fingerprint
+from kdpipe.training.checkpoints import fingerprint, remove_checkpoints
 from kdpipe.training.engine import train
 
 
@@ -37,4 +37,5 @@ def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir:
     save_trained(model, tokenizer, out_dir, plots_dir, "teacher", result, spec, {
         "role": "teacher", "base_model": params.teacher.model, "task": spec.to_dict(),
         "max_length": params.max_length, "training": trained})
+    remove_checkpoints(checkpoint_dir)
     return trained

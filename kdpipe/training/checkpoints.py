@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,3 +51,22 @@ def finished_phase(phase_dir: Path, fingerprint: str, student) -> TrainResult | 
 def mark_phase_done(phase_dir: Path, fingerprint: str, result: TrainResult) -> None:
     if is_main_process():
         write_json(Path(phase_dir) / PHASE_DONE_FILE, {"fingerprint": fingerprint, "result": asdict(result)})
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """Once a stage's output is written nothing needs its checkpoints (best/last weights,
+    finished-phase markers): they go, on rank 0."""
+    if is_main_process():
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def keep_selected_only(phase_dir: Path) -> None:
+    """A finished phase that may be reused later (a PTP student, reused when other runs change)
+    keeps its marker and the weights it selected; the other weights go."""
+    marker = Path(phase_dir) / PHASE_DONE_FILE
+    if not (is_main_process() and marker.exists()):
+        return
+    selected = json.loads(marker.read_text())["result"]["selected"]
+    for other in ("best", "last"):
+        if other != selected:
+            shutil.rmtree(Path(phase_dir) / other, ignore_errors=True)

@@ -152,6 +152,10 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     train_curve = state["train_curve"] if state else []
     dev_curve = state["dev_curve"] if state else []
     epoch_records = state.get("epoch_records", []) if state else []
+    # Loss parts summed since the last logged row; checkpointed, so the first row after a resume
+    # averages the same steps as an uninterrupted run's.
+    partial = {"sum": defaultdict(float, (state or {}).get("partial_sum", {})),
+               "n": (state or {}).get("partial_n", 0)}
     resumed_from = step
 
     def evaluate(at_step: int) -> dict:
@@ -177,11 +181,12 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             tmp.rename(ckpt / "state")  # atomic swap: a kill mid-save keeps the previous checkpoint
             write_json(ckpt / "trainer_state.json", {
                 "fingerprint": fingerprint, "step": at_step, "best": best,
-                "train_curve": train_curve, "dev_curve": dev_curve, "epoch_records": epoch_records}, indent=None)
+                "train_curve": train_curve, "dev_curve": dev_curve, "epoch_records": epoch_records,
+                "partial_sum": {k: float(v) for k, v in partial["sum"].items()}, "partial_n": partial["n"]},
+                indent=None)
         accelerator.wait_for_everyone()
 
     student.train()
-    parts_sum, parts_n = defaultdict(float), 0
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     while step < total_steps:
@@ -216,15 +221,15 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             step += 1
             bar.update(1)
             for name, value in losses.items():
-                parts_sum[name] += torch.as_tensor(value).detach().float()  # no GPU sync until logged
-            parts_n += 1
+                partial["sum"][name] += torch.as_tensor(value).detach().float()  # no GPU sync until logged
+            partial["n"] += 1
             if step % cfg.log_every == 0 or step == total_steps:
                 row = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                       **{k: float(v) / parts_n for k, v in parts_sum.items()}}
+                       **{k: float(v) / partial["n"] for k, v in partial["sum"].items()}}
                 train_curve.append(row)
                 logger.log_metrics({f"train/{k}": v for k, v in row.items() if k != "step"}, step)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-                parts_sum, parts_n = defaultdict(float), 0
+                partial.update(sum=defaultdict(float), n=0)
             end_of_epoch = step % steps_per_epoch == 0
             if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) \
                     or step == total_steps:
