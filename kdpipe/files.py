@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +28,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        if os.environ.get("KDPIPE_TEST_KILL_BEFORE_RENAME") == target.name:  # fault injection (tests)
+            os.kill(os.getpid(), signal.SIGKILL)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
