@@ -25,7 +25,11 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         description="Classify texts with an export folder (model.onnx, tokenizer.json, kdpipe.json). "
                     "Texts come from the arguments, --file, or stdin (one per line; a TAB splits a "
                     "line into a sentence pair). Prints label<TAB>score<TAB>text per input "
-                    "('-' as label for regression), or JSON lines with --json.")
+                    "('-' as label for regression), or JSON lines with --json.",
+        epilog=_examples("kdpipe predict exports/vanilla_kd \"I love my new phone\" --int8 --json",
+                         "printf 'A man plays.\\tSomeone makes music.\\n' | kdpipe predict exports/rte_kd",
+                         "kdpipe predict exports/vanilla_kd --file texts.txt --threads 2"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by the export stage")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--pair", nargs="+", metavar="TEXT_B", help="second sentences, one per TEXT")
@@ -57,12 +61,19 @@ def _add_ui(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ui", help="open the MLflow UI on this project's runs (bound to 127.0.0.1)",
         description="Serve the MLflow UI over the project's tracking store ($MLFLOW_TRACKING_URI, "
-                    "else sqlite:///<repo>/mlflow.db), bound to 127.0.0.1 only.")
+                    "else sqlite:///<repo>/mlflow.db), bound to 127.0.0.1 only. Ctrl-C or SIGTERM "
+                    "stops the server and its workers.",
+        epilog=_examples("kdpipe ui", "kdpipe ui --port 5001"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=_bounded("--port", 1, 65535), default=5000)
     p.set_defaults(func=_run_ui)
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _run_ui(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     from kdpipe.tracking import tracking_uri
@@ -70,14 +81,32 @@ def _run_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(),
            "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
+    # The server and its workers get a process group of their own, so that stopping kdpipe ui
+    # (Ctrl-C, or SIGTERM from a supervisor) stops all of them, not only the first process.
+    server = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(cmd)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 def _add_tasks(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tasks", help="list the registered tasks, their labels and metrics")
+    p = subparsers.add_parser("tasks", help="list the registered tasks, their labels and metrics",
+                              description="List the task names usable as task.name in params.yaml, with their "
+                                          "text fields, labels and metrics.",
+                              epilog=_examples("kdpipe tasks"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=_run_tasks)
 
 
@@ -98,7 +127,9 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="one table of teacher and students from the metrics files",
         description="Reads metrics/evaluate.json and metrics/export/*.json (written by dvc repro) and "
-                    "prints teacher and students side by side as a Markdown table.")
+                    "prints teacher and students side by side as a Markdown table.",
+        epilog=_examples("kdpipe compare", "kdpipe compare --metrics-dir path/to/metrics"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
     p.set_defaults(func=_run_compare)
 
@@ -141,7 +172,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_predict, _a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdpipe", description="Knowledge distillation for BERT-style encoders.")
+    from kdpipe import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="kdpipe", description="Knowledge distillation for BERT-style encoders: compare, inspect and "
+                                   "serve what `dvc repro` produced.",
+        epilog=_examples("kdpipe compare", "kdpipe predict exports/vanilla_kd \"what a great phone\"", "kdpipe ui",
+                         "kdpipe COMMAND --help"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"kdpipe {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(subparsers)

@@ -30,6 +30,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         yield tmp
         if os.environ.get("KDPIPE_TEST_KILL_BEFORE_RENAME") == target.name:  # fault injection (tests)
             os.kill(os.getpid(), signal.SIGKILL)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a serving user must be able to read it
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -52,10 +53,19 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, target)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
             leftover.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

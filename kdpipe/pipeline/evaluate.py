@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -58,16 +59,18 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
     return report
 
 
-def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_dir: Path) -> dict:
+def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_dir: Path, echo=print) -> dict:
     if params.evaluate.threads:
         torch.set_num_threads(params.evaluate.threads)
     spec, sets = load_datasets(data_dir)
     main = spec.main_metric
+    folders = [p for p in sorted(Path(students_dir).iterdir()) if is_model_dir(p) and p.name in params.distill.runs]
+    started = time.perf_counter()
+    echo(f"evaluate: teacher (1/{len(folders) + 1}): dev/test metrics and latency")
     teacher = evaluate_model(params, teacher_dir, spec, sets)
     students = {}
-    for folder in sorted(p for p in Path(students_dir).iterdir() if is_model_dir(p)):
-        if folder.name not in params.distill.runs:
-            continue  # a run removed from params.yaml: its folder is stale
+    for i, folder in enumerate(folders, 2):  # a run removed from params.yaml leaves a stale folder: skipped
+        echo(f"evaluate: {folder.name} ({i}/{len(folders) + 1}, {time.perf_counter() - started:.0f} s so far)")
         report = evaluate_model(params, folder, spec, sets, compare_heads=teacher["attention_heads"])
         report["method"] = read_model_meta(folder)["method"]["method"]
         report["retention_pct"] = {split: round(100 * report[split][main] / teacher[split][main], 2)

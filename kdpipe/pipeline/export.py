@@ -25,7 +25,7 @@ class ExportCheckError(RuntimeError):
     """The exported model fails a parity or int8-accuracy gate set in params.yaml."""
 
 
-def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path) -> dict:
+def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path, echo=print) -> dict:
     cfg = params.export
     spec, sets = load_datasets(data_dir)
     dev = sets["dev"]
@@ -37,17 +37,21 @@ def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: P
     report: dict = {}
     with atomic_dir(out_dir) as tmp:
         fp32 = tmp / "model.onnx"
+        echo(f"export: {student_dir.name}: ONNX (dynamo exporter)")
         input_names = convert.export_onnx(model, batches[0], fp32)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / EXPORT_META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
                                                       problem=spec.problem, max_length=params.max_length,
                                                       input_names=input_names, task=spec.to_dict()).to_json())
+        echo(f"export: {student_dir.name}: parity with PyTorch on {len(batches)} dev batch(es)")
         report["parity"] = convert.parity(model, fp32, batches)
         variants = {"fp32": fp32}
         if cfg.int8:
+            echo(f"export: {student_dir.name}: int8 quantisation")
             variants["int8"] = tmp / "model.int8.onnx"
             convert.quantize_int8(fp32, variants["int8"])
         for name, path in variants.items():
+            echo(f"export: {student_dir.name}: {name} dev metrics and latency")
             clf = OnnxTextClassifier.from_dir(tmp, variant=name)
             logits = clf.logits(dev.text_a, dev.text_b, batch_size=64)
             metrics = compute_metrics(spec, logits, np.asarray(dev.labels))
