@@ -160,3 +160,16 @@ def test_preflight_validates_student_heads_and_supplementary_inputs(minilm_path,
     unknown = parse({"distill": {"runs": {"c": {"method": "cr_ild", "supplementary": {"task": "colaa"}}}}})
     with pytest.raises(ConfigError, match=r"distill\.runs\.c\.supplementary\.task: .*colaa"):
         preflight(unknown)
+
+
+@pytest.mark.parametrize("suite", sorted(p.name for p in (REPO / "suites").glob("*.yaml")))
+def test_every_suite_file_is_valid_params(suite):
+    params = check_runs(load_params(REPO / "suites" / suite))
+    assert params.distill.runs and params.ptp and params.distill.teacher_cache  # DVC needs every listed section
+
+
+def test_the_default_first_run_stays_small():
+    """The first command is the product's first impression: a few students that show the range."""
+    params = check_runs(load_params(REPO / "params.yaml"))
+    methods = {run.method for run in params.distill.runs.values()}
+    assert len(params.distill.runs) <= 6 and {"finetune", "vanilla_kd", "pea_kd"} <= methods
