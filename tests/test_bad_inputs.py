@@ -223,6 +223,8 @@ DATA_CASES = [
 ]
 for case in DATA_CASES:
     case.files = {"data/train.csv": GOOD_CSV, **case.files} if case.id != "train-file-missing" else case.files
+    # these fail inside the stage's MLflow run: it must end FAILED, not stay RUNNING
+    case.params = {**case.params, "tracking": {"enabled": True, "experiment": "corpus"}}
 CASES += DATA_CASES
 
 CASES += [
@@ -329,6 +331,16 @@ def _outputs(root: Path) -> set[str]:
     return found
 
 
+def _runs(root: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in the project's store."""
+    db = root / "mlflow.db"
+    if not db.exists() or db.read_bytes()[:15] != b"SQLite format 3":
+        return []
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute("SELECT run_uuid, status FROM runs"))
+
+
 def _running_runs(root: Path) -> list[str]:
     db = root / "mlflow.db"
     if not db.exists() or db.read_bytes()[:15] != b"SQLite format 3":
@@ -376,6 +388,8 @@ def run_case(case: Case, root: Path, export_template: Path, capsys, monkeypatch)
     assert not left, f"left behind: {sorted(left)}"
     assert not list(root.rglob(".*.tmp-*")), "a temporary sibling was left behind"
     assert not _running_runs(root), "an MLflow run was left RUNNING"
+    if case.params.get("tracking", {}).get("enabled") and case.id != "tracking-store-corrupted":
+        assert _runs(root) and {status for _, status in _runs(root)} == {"FAILED"}, _runs(root)
     lines = [line for line in err.splitlines() if line.startswith("kdpipe ") and ": error: " in line]
     assert lines, f"no error line; stderr:\n{err}"
     return lines[0], err
