@@ -151,6 +151,7 @@ class Tracker:
             self._pending.append((what, call))
 
     def _catch_up(self) -> bool:
+        """Replay what failed, in order; True when nothing is left pending."""
         while self._pending:
             what, call = self._pending[0]
             try:
@@ -159,10 +160,6 @@ class Tracker:
                 return False
             self._pending.pop(0)
         return True
-
-    def flush(self) -> bool:
-        """Replay what failed; True when nothing is left pending."""
-        return self._catch_up()
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = list(_flatten(params).items())
@@ -234,7 +231,7 @@ def _until_done(tracker: "Tracker", finish: Callable[[str], list]):
         tracker._degraded_at = None  # the end of a run is worth one more full try
         for what, call in finish(status):
             tracker._call(what, call)
-        if tracker._pending and not tracker.flush():
+        if tracker._pending and not tracker._catch_up():
             _warn(f"{len(tracker._pending)} logging call(s) could not reach the store and are lost to MLflow "
                   f"(DVC's metrics files have them)")
 

@@ -199,8 +199,7 @@ def test_every_third_party_import_is_declared_with_bounds_and_pinned():
     for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
         declared[_norm(name)] = req
-    pinned = {_norm(line.split("==")[0]) for line in (REPO / "constraints.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
+    pinned = set(_pins())
     distributions = packages_distributions()
     problems = []
     for top in sorted(_third_party_imports()):
@@ -222,14 +221,18 @@ def test_every_third_party_import_is_declared_with_bounds_and_pinned():
 def _pins_against_bounds():
     from packaging.requirements import Requirement
 
-    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    pins = {_norm(k): v.strip() for k, v in pins.items()}
+    pins = _pins()
     for raw in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         req = Requirement(raw)
         pin = pins.get(_norm(req.name))
         if pin is not None and not req.specifier.contains(pin.split("+")[0], prereleases=True):
             yield raw, f"{req.name}=={pin}"
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt as {normalised name: pinned version}."""
+    lines = [line for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#")]
+    return {_norm(name): version.strip() for name, version in (line.split("==") for line in lines)}
 
 
 def _norm(name: str) -> str:

@@ -342,12 +342,7 @@ def _runs(root: Path) -> list[tuple[str, str]]:
 
 
 def _running_runs(root: Path) -> list[str]:
-    db = root / "mlflow.db"
-    if not db.exists() or db.read_bytes()[:15] != b"SQLite format 3":
-        return []
-    import sqlite3
-    with sqlite3.connect(db) as conn:
-        return [r[0] for r in conn.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'")]
+    return [run for run, status in _runs(root) if status == "RUNNING"]
 
 
 def run_case(case: Case, root: Path, export_template: Path, capsys, monkeypatch) -> tuple[str, str]:
