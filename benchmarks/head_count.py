@@ -30,7 +30,8 @@ from kdpipe.config import TaskConfig  # noqa: E402
 from kdpipe.data.batches import Encoder  # noqa: E402
 from kdpipe.models.family import EncoderFamily  # noqa: E402
 from kdpipe.export.convert import export_onnx  # noqa: E402
-from kdpipe.models.loading import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+from kdpipe.models.loading import load_classifier, load_tokenizer  # noqa: E402
+from kdpipe.models.sources import resolve_model_path  # noqa: E402
 from kdpipe.models.students import build_student, select_layers, set_attention_heads  # noqa: E402
 from kdpipe.export.runtime import make_session, session_logits  # noqa: E402
 from kdpipe.data.tasks import load_task  # noqa: E402

@@ -31,7 +31,8 @@ from kdpipe.models.family import EncoderFamily  # noqa: E402
 from kdpipe.training.engine import make_accelerator, teacher_signal  # noqa: E402
 from kdpipe.methods.registry import build_method  # noqa: E402
 from kdpipe.models.adapters import ModelShape, Shapes  # noqa: E402
-from kdpipe.models.loading import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+from kdpipe.models.loading import load_classifier, load_tokenizer  # noqa: E402
+from kdpipe.models.sources import resolve_model_path  # noqa: E402
 from kdpipe.models.students import build_student, select_layers  # noqa: E402
 from kdpipe.models.taps import run_model  # noqa: E402
 from kdpipe.data.tasks import load_task  # noqa: E402

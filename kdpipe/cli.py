@@ -1,9 +1,11 @@
 """The ``kdpipe`` console script.
 
-Module-level imports stay torch-free: ``kdpipe predict`` must run where only onnxruntime and
-tokenizers are installed.  Each subcommand is a ``register(subparsers)`` function in
-``COMMANDS``; it sets ``func`` (``argparse.Namespace -> int``) as a default.  A command that
-needs torch imports it inside its ``func``.
+Module-level imports stay torch-free: ``kdpipe predict``, ``tasks`` and ``compare`` must run in
+the runtime install (``pip install 'kdpipe[runtime]'``: onnxruntime, tokenizers and numpy only;
+tests/test_runtime_install.py installs it and runs them).  Each subcommand is a
+``register(subparsers)`` function in ``COMMANDS``; it sets ``func`` (``argparse.Namespace -> int``)
+as a default.  A command that needs the pipeline's packages (torch, MLflow, ...) imports them
+inside its ``func``; where they are missing it fails with one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -214,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `kdpipe predict ... | head`: stop quietly
         sys.stderr.close()
         return 0
+    except ModuleNotFoundError as e:  # a pipeline-only command (`kdpipe ui`) in the runtime install
+        if not e.name or e.name.split(".")[0] == "kdpipe":
+            raise
+        print(f"kdpipe {args.command}: error: {e.name.split('.')[0]} is not installed; this command needs "
+              f"the pipeline install: pip install 'kdpipe[pipeline]'", file=sys.stderr)
+        return 2
 
 
 def _run_predict(args: argparse.Namespace) -> int:

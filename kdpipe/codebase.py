@@ -73,3 +73,56 @@ def import_closure(start: Path, package_dir: Path = PACKAGE_DIR, stop: frozenset
         seen.add(name)
         todo.extend(imported_modules(module_file(name, package_dir), package_dir))
     return {module_file(n, package_dir) for n in seen}
+
+
+def code_deps(script: Path, package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """``import_closure(script)`` as dvc.yaml lists it: repo-relative paths, with a folder standing
+    for all of its files when the closure holds every one of them."""
+    closure = import_closure(script, package_dir)
+    root = package_dir.parent
+
+    def files_under(folder: Path) -> set[Path]:
+        return {p for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
+
+    deps: list[str] = []
+
+    def walk(folder: Path) -> None:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and entry.name != "__pycache__":
+                inside = files_under(entry)
+                if inside and inside <= closure:
+                    deps.append(str(entry.relative_to(root)))
+                elif inside & closure:
+                    walk(entry)
+            elif entry.suffix == ".py" and entry in closure:
+                deps.append(str(entry.relative_to(root)))
+    walk(package_dir)
+    return sorted(deps)
+
+
+def sync_dvc_yaml(dvc_yaml: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """``dvc_yaml``'s text with each stage's kdpipe code deps replaced by ``code_deps`` of its
+    script (comments and every other line kept): ``python -m kdpipe.codebase`` after moving code."""
+    import re
+
+    lines, out, script = Path(dvc_yaml).read_text().splitlines(keepends=True), [], None
+    for line in lines:
+        found = re.search(r"cmd: python (stages/\S+\.py)", line)
+        if found:
+            script = Path(dvc_yaml).parent / found.group(1)
+        dep = re.match(rf"(\s*)- {PACKAGE}(/|\s*$)", line)
+        if dep and script is not None:
+            indent = dep.group(1)
+            out.extend(f"{indent}- {d}\n" for d in code_deps(script, package_dir))
+            script = None  # the rest of this stage's kdpipe lines are replaced already
+            continue
+        if dep:
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+if __name__ == "__main__":
+    target = PACKAGE_DIR.parent / "dvc.yaml"
+    target.write_text(sync_dvc_yaml(target))
+    print(f"{target}: code deps synced with the import graph")

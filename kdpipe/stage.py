@@ -34,7 +34,7 @@ class StageContext:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from kdpipe.data.tasks import TaskDataError
-    from kdpipe.models.family import ModelError
+    from kdpipe.models.sources import ModelError
     from kdpipe.pipeline.export import ExportCheckError
     return ConfigError, ModelError, TaskDataError, ExportCheckError, FileNotFoundError
 

@@ -1,16 +1,21 @@
 """MLflow tracking: one parent run per pipeline invocation, one child run per stage and method.
 
 DVC runs every stage in its own process, so the parent run is found again by a key of the
-invocation: the ``dvc`` process that spawned the stage (pid + start time).  Every stage of one
-``dvc repro`` / ``dvc exp run`` therefore lands under the same parent in the MLflow UI; a stage
-script run by hand gets a parent of its own.  ``KDPIPE_PIPELINE_RUN_ID`` pins the parent
-explicitly (e.g. for a wrapper that runs several repros as one).
+invocation: the ``dvc`` process that spawned the stage (pid + start time), plus the DVC
+experiment's name when there is one.  Every stage of one ``dvc repro`` / ``dvc exp run``
+therefore lands under the same parent in the MLflow UI; a stage script run by hand gets a parent
+of its own.  Queued experiments (``dvc exp run --queue`` + ``dvc queue start -j N``) each run in a
+``dvc exp exec-run`` process of their own, in a temporary copy of the repo, with DVC_EXP_NAME,
+DVC_EXP_BASELINE_REV and DVC_ROOT (the user's workspace) set by DVC for all their stages: each
+gets its own parent, named and tagged after the experiment.  ``KDPIPE_PIPELINE_RUN_ID`` pins the
+parent explicitly (e.g. for a wrapper that runs several repros as one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -41,6 +46,25 @@ def _retry(call: Callable[[], Any], backoff=BACKOFF_S):
             if delay is None:
                 raise
             time.sleep(delay)
+
+
+@contextlib.contextmanager
+def _env_set(**values: str) -> Iterator[None]:
+    """Environment variables set for the duration of the block only."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _brief(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
 
 
 def _warn(message: str) -> None:
@@ -86,8 +110,17 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or store_root()) / 'mlflow.db'}"
 
 
-def invocation_key() -> str:
-    """Identifies the ``dvc`` process running this stage, or this process if there is none."""
+def dvc_experiment() -> dict[str, str]:
+    """What DVC says about the experiment this stage belongs to (``dvc exp run``, queued or not;
+    nothing under a plain ``dvc repro``): its name and baseline commit."""
+    found = {"kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME"),
+             "kdpipe.dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV")}
+    return {k: v for k, v in found.items() if v}
+
+
+def invocation() -> tuple[str, int, int]:
+    """(kind, pid, start time) of the ``dvc`` process running this stage, or of this process
+    if there is none."""
     import psutil
 
     me = psutil.Process()
@@ -97,8 +130,17 @@ def invocation_key() -> str:
         except (psutil.Error, OSError):
             continue
         if "dvc" in Path(cmd.split(" ")[0]).name or " -m dvc" in cmd or "/dvc " in cmd:
-            return f"dvc-{proc.pid}-{int(proc.create_time())}"
-    return f"proc-{me.pid}-{int(me.create_time())}"
+            return "dvc", proc.pid, int(proc.create_time())
+    return "proc", me.pid, int(me.create_time())
+
+
+def invocation_key() -> str:
+    """Identifies one pipeline invocation: ``dvc-<pid>-<start>`` of the ``dvc`` process running
+    this stage (``proc-...`` of this process if there is none), ``-exp-<name>`` appended inside a
+    DVC experiment, so two experiments never share a parent even if they shared a process."""
+    kind, pid, started = invocation()
+    exp = re.sub(r"[^\w.-]", "_", os.environ.get("DVC_EXP_NAME", ""))  # quoted in a search filter
+    return f"{kind}-{pid}-{started}" + (f"-exp-{exp}" if exp else "")
 
 
 def git_commit(root: Path) -> str | None:
@@ -115,7 +157,9 @@ class Tracker:
     Tracking observes, it never takes training down: a failing call is retried with backoff
     (``BACKOFF_S``), then the stage carries on with one warning; while the store is away each
     call is tried once, and the calls that failed are replayed, in order, at the next call that
-    succeeds.  Calls go to this run by id, so a child run can be logged to while another is active.
+    succeeds.  Ending a run and logging a model are tried out of band (``_call_now``): never kept,
+    never held up by a kept call that still fails.  Calls go to this run by id, so a child run can
+    be logged to while another is active.
     """
 
     def __init__(self, mlflow_module, run, parent_id: str | None = None):
@@ -125,26 +169,40 @@ class Tracker:
         self._pending: list[tuple[str, Callable[[], Any]]] = []
         self._degraded_at: float | None = None  # when the store last failed us, while it is away
 
-    def _call(self, what: str, call: Callable[[], Any]) -> None:
+    def _call(self, what: str, call: Callable[[], Any]) -> bool:
+        """``call()`` in order after what is pending; True when it reached the store."""
         if self._degraded_at is not None and time.monotonic() - self._degraded_at < RETRY_AFTER_S:
             self._keep(what, call)  # the store is away: do not stall training on it at every step
-            return
+            return False
         if self._pending and not self._catch_up():
             self._degraded_at = time.monotonic()
             self._keep(what, call)
-            return
+            return False
         try:
             _retry(call, () if self._degraded_at is not None else BACKOFF_S)
         except Exception as e:  # noqa: BLE001
             if self._degraded_at is None:
-                _warn(f"{what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training goes on, "
-                      f"its metrics still go to DVC's files, and MLflow catches up when the store answers")
+                _warn(f"{what} failed ({_brief(e)}); training goes on, its metrics still go to DVC's files, "
+                      f"and MLflow catches up when the store answers")
             self._degraded_at = time.monotonic()
             self._keep(what, call)
-            return
+            return False
         if self._degraded_at is not None:
             _warn("the store answers again; caught up")
             self._degraded_at = None
+        return True
+
+    def _call_now(self, what: str, call: Callable[[], Any], consequence: str, backoff=BACKOFF_S) -> bool:
+        """``call()`` out of band, retried after each delay of ``backoff``, never kept for later:
+        for calls that must not wait behind (or, failing for their own reasons, block) the pending
+        ones (ending a run) or are too heavy to replay (logging a model).  True when it reached
+        the store."""
+        try:
+            _retry(call, backoff)
+        except Exception as e:  # noqa: BLE001
+            _warn(f"{what} failed ({_brief(e)}); {consequence}")
+            return False
+        return True
 
     def _keep(self, what: str, call: Callable[[], Any]) -> None:
         if len(self._pending) < MAX_PENDING:
@@ -196,6 +254,54 @@ class Tracker:
             if v is not None:
                 self._call("setting tags", lambda k=k, v=v: self._client.set_tag(self.run_id, k, str(v)))
 
+    def log_export_model(self, export_dir: str | Path, registered_name: str | None = None,
+                         tags: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Log export folder ``export_dir`` as an MLflow pyfunc model of this run (raw text in,
+        label and score out; see ``PYFUNC_CODE``) and, with ``registered_name``, add a version of
+        that registered model, tagged with ``tags`` and this run's pipeline run.  Retried as every
+        call is; still failing, it warns and the stage goes on (not replayed later: too heavy, and
+        a registry may refuse for its own reasons).  Returns ``{"model_uri", "version", "seconds"}``,
+        or None when the store did not take it."""
+        import tempfile
+
+        started = time.perf_counter()
+        done: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="kdpipe-pyfunc-") as code:
+            try:
+                spec = pyfunc_spec(Path(export_dir), Path(code))
+            except Exception as e:  # noqa: BLE001 - a broken export folder is the export stage's to report
+                _warn(f"cannot log {export_dir} as an MLflow model ({_brief(e)})")
+                return None
+
+            def log() -> None:
+                import mlflow.pyfunc
+                from mlflow.models import Model
+
+                # its serving-input check downloads the model: no progress bar in the stage's log
+                with _env_set(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+                    done["info"] = Model.log(artifact_path=None, name=PYFUNC_NAME, flavor=mlflow.pyfunc,
+                                             run_id=self.run_id, **spec)
+
+            if not self._call_now("logging the model", log, f"{export_dir} is not in MLflow (the folder is fine)"):
+                return None
+        if registered_name:
+            version_tags = {"kdpipe.pipeline_run": self.parent_id, "kdpipe.stage_run": self.run_id,
+                            **{k: v for k, v in self.run.data.tags.items()
+                               if k in ("kdpipe.dvc_exp", "kdpipe.run", "mlflow.source.git.commit")},
+                            **(tags or {})}
+
+            def register() -> None:
+                if "version" not in done:
+                    done["version"] = self._mlflow.register_model(
+                        done["info"].model_uri, registered_name,
+                        tags={k: str(v) for k, v in version_tags.items() if v is not None}).version
+
+            if not self._call_now("registering the model", register,
+                                  f"the model is logged ({done['info'].model_uri}) but not in the registry"):
+                return None
+        return {"model_uri": done["info"].model_uri, "version": done.get("version"),
+                "seconds": round(time.perf_counter() - started, 2)}
+
     @property
     def mlflow(self):
         return self._mlflow
@@ -229,10 +335,12 @@ def _until_done(tracker: "Tracker", finish: Callable[[str], list]):
         raise
     finally:
         tracker._degraded_at = None  # the end of a run is worth one more full try
-        for what, call in finish(status):
-            tracker._call(what, call)
-        if tracker._pending and not tracker._catch_up():
-            _warn(f"{len(tracker._pending)} logging call(s) could not reach the store and are lost to MLflow "
+        lost = len(tracker._pending) if tracker._pending and not tracker._catch_up() else 0
+        for what, call in finish(status):  # even when a kept call still fails: no run left RUNNING
+            tracker._call_now(what, call, "the run stays RUNNING until the next stage closes it",
+                              backoff=() if lost else BACKOFF_S)  # the store may be away: one try
+        if lost:
+            _warn(f"{lost} logging call(s) could not reach the store and are lost to MLflow "
                   f"(DVC's metrics files have them)")
 
 
@@ -250,6 +358,7 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None): pass
     def log_text(self, text, artifact_file): pass
     def set_tags(self, tags): pass
+    def log_export_model(self, export_dir, registered_name=None, tags=None): return None
 
 
 def _numeric(metrics: dict) -> dict[str, float]:
@@ -294,8 +403,10 @@ def _pipeline_parent(client, experiment_id: str, tags: dict[str, str]) -> str:
     if found:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    _, pid, started = invocation()
     run = client.create_run(experiment_id, run_name=name,
-                            tags={INVOCATION_TAG: key, "kdpipe.kind": "pipeline", **tags})
+                            tags={INVOCATION_TAG: key, "kdpipe.kind": "pipeline", "kdpipe.host": socket.gethostname(),
+                                  "kdpipe.pid": str(pid), "kdpipe.pid_started": str(started), **tags})
     return run.info.run_id
 
 
@@ -327,6 +438,31 @@ def stage_run(stage: str, *, experiment: str = "kdpipe", enabled: bool = True,
     yield from _until_done(Tracker(mlflow, run, parent_id), finish)
 
 
+@contextlib.contextmanager
+def track(step: str, params=None, *, enabled: bool | None = None, run_name: str | None = None,
+          tags: dict[str, Any] | None = None, echo=print) -> Iterator[Tracker | NullTracker]:
+    """MLflow tracking for the Python API, when asked for: what a DVC stage gets, without DVC.
+
+    A run named ``run_name or step`` (tag ``kdpipe.stage``) under one parent run per Python
+    process (``KDPIPE_PIPELINE_RUN_ID`` pins another), in the store the stages use
+    (:func:`tracking_uri`), with ``params`` (a ``Params``) logged and its ``tracking.experiment``.
+    Pass the tracker as ``logger=`` to ``train_teacher``/``distill``/``pretrain_ptp`` for the
+    curves, ``log_metrics`` a step's report, ``log_export_model`` an export folder.  ``enabled``
+    defaults to ``params.tracking.enabled`` (True without params); off, it yields a
+    ``NullTracker``.  Echoes where the run went."""
+    on = enabled if enabled is not None else (params.tracking.enabled if params is not None else True)
+    experiment = params.tracking.experiment if params is not None else "kdpipe"
+    task = {"kdpipe.task": params.task.name} if params is not None else {}
+    with stage_run(step, experiment=experiment, enabled=on, run_name=run_name,
+                   tags={**task, **(tags or {})}) as tracker:
+        if params is not None:
+            tracker.log_params(params.model_dump())
+        yield tracker
+    if tracker.run_id:
+        echo(f"MLflow: {run_name or step} logged as run {tracker.run_id} (pipeline run {tracker.parent_id}) "
+             f"in {tracking_uri()}")
+
+
 def _open_stage_run(mlflow, stage: str, experiment: str, run_name: str | None, tags: dict):
     import psutil
 
@@ -334,7 +470,7 @@ def _open_stage_run(mlflow, stage: str, experiment: str, run_name: str | None, t
     mlflow.set_tracking_uri(tracking_uri(root))
     exp_id = _experiment_id(mlflow, experiment, root)
     client = mlflow.MlflowClient()
-    common = {"mlflow.source.git.commit": git_commit(repo_root()), "kdpipe.dvc_exp": os.environ.get("DVC_EXP_NAME")}
+    common = {"mlflow.source.git.commit": git_commit(repo_root()), **dvc_experiment()}
     common = {k: v for k, v in common.items() if v}
     name = run_name or stage
     killed = close_orphaned_runs(client, exp_id)
@@ -354,8 +490,9 @@ def _open_stage_run(mlflow, stage: str, experiment: str, run_name: str | None, t
 
 def close_orphaned_runs(client, experiment_id: str) -> list:
     """Mark KILLED the runs still RUNNING whose process (on this host) is gone: stage runs by
-    their ``kdpipe.pid`` tag, pipeline runs by their invocation's ``dvc`` process.  Returns the
-    stage runs it closed (best effort: a store error leaves them as they are)."""
+    their ``kdpipe.pid`` tag, pipeline runs by their invocation's ``dvc`` process (the same tags;
+    runs of older versions only have it in their invocation key).  Returns the stage runs it
+    closed (best effort: a store error leaves them as they are)."""
     import psutil
 
     def alive(pid: str | None, started: str | None) -> bool:
@@ -371,7 +508,7 @@ def close_orphaned_runs(client, experiment_id: str) -> list:
     killed = []
     for run in running:
         tags = run.data.tags
-        if tags.get("kdpipe.kind") == "pipeline":
+        if tags.get("kdpipe.kind") == "pipeline" and "kdpipe.pid" not in tags:
             _, pid, started = (tags.get(INVOCATION_TAG, "") + "--").split("-")[:3]
             gone = not alive(pid, started)
         elif "kdpipe.pid" in tags and tags.get("kdpipe.host") == socket.gethostname():
@@ -386,21 +523,89 @@ def close_orphaned_runs(client, experiment_id: str) -> list:
     return killed
 
 
-def log_onnx_model(tracker: Tracker | NullTracker, path: Path, name: str = "student_onnx") -> None:
-    """Log the deployable ONNX student as an MLflow model (CPU provider, dynamic batch/sequence)."""
-    if tracker.mlflow is None:
-        return
-    import numpy as np
-    import onnx
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+# ------------------------------------------------------------------ the export as an MLflow model
+PYFUNC_NAME = "model"  # the logged model's name in its run
+RUNTIME_MODULE = "kdpipe_export_runtime"  # kdpipe/export/runtime.py, shipped with the model as code
+PYFUNC_REQUIREMENTS = ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")
+# The model's code, written next to the runtime when logging (MLflow "models from code": this
+# MLflow refuses to unpickle a PythonModel by default).  It needs neither kdpipe nor torch.
+PYFUNC_CODE = """\"\"\"kdpipe export as an MLflow pyfunc: raw text (and text_b for sentence pairs) in,
+label and score out.  Written by kdpipe.tracking; loads kdpipe/export/runtime.py shipped as code.\"\"\"
 
-    proto = onnx.load(str(path))
-    inputs = [i.name for i in proto.graph.input]
-    # A hand-written signature: infer_signature would freeze the example's sequence length.
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1), n) for n in inputs]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "logits")]))
-    tracker.mlflow.onnx.log_model(proto, name=name, signature=signature,
-                                  onnx_execution_providers=["CPUExecutionProvider"],
-                                  save_as_external_data=False)
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class KdpipeTextClassifier(PythonModel):
+    def load_context(self, context):
+        from kdpipe_export_runtime import OnnxTextClassifier
+
+        variant = (context.model_config or {}).get("variant", "fp32")
+        self.clf = OnnxTextClassifier.from_dir(context.artifacts["export"], variant=variant)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        texts = _column(model_input, "text")
+        pairs = _column(model_input, "text_b") if "text_b" in model_input.columns else None
+        rows = self.clf.predict(texts, pairs, batch_size=int((params or {}).get("batch_size", 32)))
+        scores = [r["score"] for r in rows]
+        if self.clf.meta.problem == "regression":
+            return pd.DataFrame({"score": scores}, dtype="float64")
+        return pd.DataFrame({"label": [r["label"] for r in rows], "score": scores})
+
+
+def _column(frame, name):
+    values = frame[name].tolist()
+    # MLflow turns {"text": [...]} into one row holding the list
+    if len(values) == 1 and not isinstance(values[0], str) and hasattr(values[0], "__len__"):
+        return [str(v) for v in values[0]]
+    return [str(v) for v in values]
+
+
+mlflow.models.set_model(KdpipeTextClassifier())
+"""
+
+
+def registered_model_name(experiment: str, run: str) -> str:
+    """The registry name of export run ``run``: ``<tracking.experiment>-<run>`` (``kdpipe-vanilla_kd``
+    with the default experiment), so that two projects sharing a server do not share a model."""
+    return f"{experiment}-{run}"
+
+
+def pyfunc_requirements() -> list[str]:
+    """What loading the model needs, pinned to this environment (no pip inference: it is slow,
+    and it may try the network)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in PYFUNC_REQUIREMENTS]
+
+
+def pyfunc_spec(export_dir: Path, code: Path) -> dict[str, Any]:
+    """``Model.log`` arguments for an export folder: the code (written to folder ``code``), the
+    export folder as the ``export`` artifact (ONNX fp32 + int8, tokenizer, kdpipe.json), the
+    signature and an input example."""
+    import shutil
+
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from kdpipe.export import runtime
+
+    meta = runtime.ExportMeta.load(Path(export_dir) / runtime.EXPORT_META_FILE)
+    pairs = int(meta.task.get("num_text_fields", 1)) == 2
+    (code / "kdpipe_pyfunc.py").write_text(PYFUNC_CODE)
+    shutil.copy(runtime.__file__, code / f"{RUNTIME_MODULE}.py")
+    example = {"text": ["A man is playing a guitar."]}
+    inputs = [ColSpec("string", "text")]
+    if pairs:
+        example["text_b"] = ["Someone plays music."]
+        inputs.append(ColSpec("string", "text_b"))
+    outputs = [ColSpec("double", "score")] if meta.problem == "regression" else \
+        [ColSpec("string", "label"), ColSpec("double", "score")]
+    signature = ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
+                               params=ParamSchema([ParamSpec("batch_size", "long", 32)]))
+    return {"python_model": str(code / "kdpipe_pyfunc.py"), "code_paths": [str(code / f"{RUNTIME_MODULE}.py")],
+            "artifacts": {"export": str(Path(export_dir).resolve())}, "signature": signature,
+            "input_example": pd.DataFrame(example), "pip_requirements": pyfunc_requirements(),
+            "model_config": {"variant": "fp32"}}

@@ -9,12 +9,17 @@ with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.ru
            reads=[f"models/students/{run_name}"]) as s:
     from kdpipe.files import write_json
     from kdpipe.pipeline.export import export_student
-    from kdpipe.tracking import log_onnx_model
+    from kdpipe.tracking import registered_model_name
 
     out = s.path(f"exports/{run_name}")
     report = export_student(s.params, s.path(f"models/students/{run_name}"), s.path("data/prepared"), out)
     write_json(s.path(f"metrics/export/{run_name}.json"), report)
     s.tracker.log_metrics(report)
     s.tracker.log_artifact(s.path(f"metrics/export/{run_name}.json"))
-    log_onnx_model(s.tracker, out / "model.onnx", name="student_onnx")
     print(f"exported {out}: parity max|diff| {report['parity']['max_abs_diff']:.2e}")
+    # The export as an MLflow pyfunc model (raw text in) and a version of registered model <experiment>-<run>
+    name = registered_model_name(s.params.tracking.experiment, run_name) if s.params.tracking.register_model else None
+    logged = s.tracker.log_export_model(out, name)
+    if logged:
+        print(f"MLflow model {logged['model_uri']}" + (f", registered as {name!r} version {logged['version']}"
+                                                       if name else "") + f" ({logged['seconds']:.1f} s)")

@@ -196,7 +196,7 @@ def test_every_section_reference_resolves_inside_the_repo():
 
 def test_every_third_party_import_is_declared_with_bounds_and_pinned():
     declared = {}
-    for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+    for req in _requirements():
         name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
         declared[_norm(name)] = req
     pinned = set(_pins())
@@ -222,11 +222,17 @@ def _pins_against_bounds():
     from packaging.requirements import Requirement
 
     pins = _pins()
-    for raw in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+    for raw in _requirements():
         req = Requirement(raw)
         pin = pins.get(_norm(req.name))
         if pin is not None and not req.specifier.contains(pin.split("+")[0], prereleases=True):
             yield raw, f"{req.name}=={pin}"
+
+
+def _requirements() -> list[str]:
+    """What kdpipe's code may import: the base install (the runtime) plus the ``pipeline`` extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["pipeline"]]
 
 
 def _pins() -> dict[str, str]:

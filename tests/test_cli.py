@@ -1,5 +1,6 @@
-"""The CLI's own surface: --version, help with examples on every subcommand, and `kdpipe ui`
-stopping its MLflow server and workers on SIGTERM."""
+"""The CLI's own surface: --version, help with examples on every subcommand, a missing pipeline
+package named with the extra to install, and `kdpipe ui` stopping its MLflow server and workers
+on SIGTERM.  (The runtime install itself: tests/test_runtime_install.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from kdpipe import __version__
+from kdpipe import __version__, cli
 from kdpipe.cli import COMMANDS, build_parser, main
 
 
@@ -27,6 +28,26 @@ def test_every_subcommand_says_what_it_does_and_shows_an_example(command, capsys
     out = capsys.readouterr().out
     assert f"usage: kdpipe {command}" in out and "examples:\n  kdpipe " + command in out
     assert len(build_parser().get_default("commands")) == len(COMMANDS)
+
+
+def test_a_missing_pipeline_package_names_the_extra(monkeypatch, capsys):
+    def needs_mlflow(args):
+        raise ModuleNotFoundError("No module named 'mlflow.server'", name="mlflow.server")
+
+    monkeypatch.setattr(cli, "_run_ui", needs_mlflow)
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("kdpipe ui: error: mlflow is not installed; this command needs the pipeline install: "
+                   "pip install 'kdpipe[pipeline]'\n")
+
+
+def test_a_missing_kdpipe_module_is_not_blamed_on_the_install(monkeypatch):
+    def broken(args):
+        raise ModuleNotFoundError("No module named 'kdpipe.nowhere'", name="kdpipe.nowhere")
+
+    monkeypatch.setattr(cli, "_run_ui", broken)
+    with pytest.raises(ModuleNotFoundError, match="kdpipe.nowhere"):
+        main(["ui"])
 
 
 def _free_port() -> int:

@@ -50,9 +50,12 @@ def fingerprint(root: Path) -> dict[str, str]:
 def _stage_process(dvc_proc: subprocess.Popen, script: str):
     import psutil
 
+    # the Python process itself, named by its argv: dvc starts the command through $SHELL, and a
+    # shell that does not exec (dash, or no $SHELL) is a parent whose command line also names the
+    # script; killing it would orphan the stage, which then finishes and publishes its outputs
     for child in psutil.Process(dvc_proc.pid).children(recursive=True):
         try:
-            if script in " ".join(child.cmdline()):
+            if script in child.cmdline()[1:2]:
                 return child
         except psutil.Error:
             continue

@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_bert, tiny_distilbert
 from kdpipe.models.adapters import FAMILIES, ModelShape, encoder_layers, family_of, num_heads
-from kdpipe.models.family import ModelError
+from kdpipe.models.sources import ModelError
 from kdpipe.models.sps import apply_sps, physical_layers
 from kdpipe.models.students import build_student
 from kdpipe.models.taps import Needs, run_model

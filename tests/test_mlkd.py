@@ -14,7 +14,7 @@ from kdpipe.methods.base import MethodConfigError
 from kdpipe.methods.registry import build_method
 from kdpipe.models.adapters import ModelShape, Shapes
 from kdpipe.methods.base import kd_kl_loss
-from kdpipe.models.family import ModelError
+from kdpipe.models.sources import ModelError
 from kdpipe.models.loading import count_parameters, load_classifier, save_model
 from kdpipe.models.students import build_student, set_attention_heads
 from kdpipe.models.taps import ModelOutputs, Needs, run_model

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from kdpipe.models.adapters import encoder_layers
-from kdpipe.models.family import ModelError
-from kdpipe.models.loading import count_parameters, load_classifier, resolve_model_path, save_model
+from kdpipe.models.loading import count_parameters, load_classifier, save_model
+from kdpipe.models.sources import ModelError, resolve_model_path
 from kdpipe.models.students import build_student, select_layers
 
 from conftest import padded_batch, tiny_bert, tiny_distilbert
@@ -66,7 +66,7 @@ def test_model_path_errors(tmp_path):
 @pytest.mark.parametrize("make", [tiny_bert, tiny_distilbert])
 def test_set_attention_heads_reshapes_the_same_weights(make):
     """MLKD-BERT's free head count: the same parameters, heads of d/A, reversible."""
-    from kdpipe.models.family import ModelError
+    from kdpipe.models.sources import ModelError
     from kdpipe.models.loading import count_parameters
     from kdpipe.models.students import set_attention_heads
     from kdpipe.models.taps import Needs, num_heads, run_model

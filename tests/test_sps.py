@@ -121,7 +121,7 @@ def test_physical_state_dict_of_a_plain_model_is_its_state_dict():
 
 
 def test_applying_twice_or_an_unknown_shuffle_fails():
-    from kdpipe.models.family import ModelError
+    from kdpipe.models.sources import ModelError
     _, sps = plain_and_sps()
     with pytest.raises(ModelError, match="already"):
         apply_sps(sps)

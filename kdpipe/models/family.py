@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-
-class ModelError(ValueError):
-    """A model path, layer choice or architecture is unusable; the message says which."""
+from kdpipe.models.sources import ModelError
 
 
 @dataclass(frozen=True)

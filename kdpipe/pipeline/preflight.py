@@ -12,8 +12,8 @@ from kdpipe.data.tasks import TaskDataError, check_supplementary, get_task
 from kdpipe.env import repo_root
 from kdpipe.methods.registry import build_run_method, check_runs, run_student
 from kdpipe.models.adapters import family_of
-from kdpipe.models.family import ModelError
-from kdpipe.models.loading import check_model_folder, resolve_model_path
+from kdpipe.models.loading import check_model_folder
+from kdpipe.models.sources import ModelError, resolve_model_path
 from kdpipe.models.students import select_layers
 
 

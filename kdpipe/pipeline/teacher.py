@@ -10,7 +10,8 @@ from kdpipe.config import Params
 from kdpipe.data.batches import DistillCollator
 from kdpipe.data.splits import load_datasets
 from kdpipe.methods.base import FineTune, MethodParams
-from kdpipe.models.loading import encoder_for, load_classifier, load_tokenizer, resolve_model_path
+from kdpipe.models.loading import encoder_for, load_classifier, load_tokenizer
+from kdpipe.models.sources import resolve_model_path
 from kdpipe.pipeline.common import save_trained, summary
 from kdpipe.training.checkpoints import fingerprint, remove_checkpoints
 from kdpipe.training.engine import train

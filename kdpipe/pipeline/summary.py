@@ -1,0 +1,56 @@
+"""Stage ``summary``: the few numbers a user compares across experiments, in small files.
+
+``metrics/summary/`` holds the pipeline's only DVC metrics: one file per number, keyed by model
+(``dev.json``: ``{"teacher": 0.668, "vanilla_kd": 0.69, ...}``), so ``dvc metrics show`` prints one
+row per number and one column per model, and ``dvc exp show`` can keep just one of them.  The
+per-stage reports it is built from (``metrics/evaluate.json``, ``metrics/export/<run>.json``, ...)
+stay beside it with every detail.  The numbers:
+
+- ``dev``: the main metric on dev (PyTorch);  ``retention``: % of the teacher's dev score;
+- ``int8``: the int8 ONNX model's dev main metric (what ships);  ``int8_ms``: its latency at
+  batch 1;  ``int8_mb``: its file size (``fp32*`` instead with ``export.int8: false``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUMMARY_DIR = "metrics/summary"
+
+
+def summarize(evaluation: dict, exports: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``evaluation``: evaluate's report; ``exports``: run name -> that run's export report."""
+    main = evaluation["main_metric"]
+    # the teacher's 100 % keeps "teacher" in two files, so DVC always names its columns by file
+    # ("metrics/summary/dev.json:teacher") and one --keep pattern selects a whole number
+    out = {"teacher": {"dev": evaluation["teacher"]["dev"][main], "retention": 100.0}}
+    for run, result in evaluation["students"].items():
+        row = {"dev": result["dev"][main], "retention": result["retention_pct"].get("dev")}
+        export = exports.get(run, {})
+        variant = "int8" if "int8" in export else "fp32"  # the file that ships (fp32 with export.int8 off)
+        if variant in export:
+            shipped, latency = export[variant], export[variant]["latency_ms"]
+            row.update({variant: shipped["dev"][main], f"{variant}_mb": shipped["size_mb"],
+                        f"{variant}_ms": latency.get("batch_1", next(iter(latency.values())))})
+        out[run] = {k: round(v, 4) for k, v in row.items() if v is not None}
+    return out
+
+
+def by_number(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``{model: {number: v}}`` -> ``{number: {model: v}}``, the layout of ``SUMMARY_DIR``'s files."""
+    out: dict[str, dict[str, float]] = {}
+    for model, row in summary.items():
+        for number, value in row.items():
+            out.setdefault(number, {})[model] = value
+    return out
+
+
+def read_reports(root: Path, runs: list[str]) -> tuple[dict, dict[str, dict]]:
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    exports = {}
+    for run in runs:
+        path = root / f"metrics/export/{run}.json"
+        if path.is_file():  # a run whose export is off or has not run yet has no int8 numbers
+            exports[run] = json.loads(path.read_text())
+    return evaluation, exports
