@@ -137,36 +137,10 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    source = args.metrics_dir / "evaluate.json"
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} not found: run the pipeline first (dvc repro)")
-    report = json.loads(source.read_text())
-    main = report["main_metric"]
-    batches = list(report["teacher"]["latency_ms"])
-    head = ["model", "method", "layers", "params (M)", f"dev {main}", f"test {main}", "retention dev %",
-            *[f"torch ms {b.replace('batch_', 'b')}" for b in batches], "onnx int8 ms b1", f"int8 dev {main}"]
-    rows = []
-    for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
-        export_file = args.metrics_dir / "export" / f"{name}.json"
-        export = json.loads(export_file.read_text()) if export_file.exists() else {}
-        int8 = export.get("int8", {})
-        # an SPS student runs its physical layers twice: "6 (3 shared)"
-        layers = r["layers"] if r.get("physical_layers", r["layers"]) == r["layers"] \
-            else f"{r['layers']} ({r['physical_layers']} shared)"
-        rows.append([name, r.get("method", "-"), layers, f"{r['parameters'] / 1e6:.1f}",
-                     _fmt(r["dev"][main]), _fmt(r.get("test", {}).get(main)),
-                     _fmt(r.get("retention_pct", {}).get("dev"), 1),
-                     *[_fmt(r["latency_ms"][b], 1) for b in batches],
-                     _fmt(int8.get("latency_ms", {}).get("batch_1"), 2), _fmt(int8.get("dev", {}).get(main))])
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
+    from kdpipe.evaluation.table import comparison_table, read_comparison
+
+    print(comparison_table(*read_comparison(args.metrics_dir)))
     return 0
-
-
-def _fmt(value, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 # Subcommand registrars, in help order; add new ones here.

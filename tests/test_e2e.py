@@ -83,7 +83,8 @@ def make_project(root: Path, params: dict) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
     # the default's task and run names at a tiny size, so the README's commands run as written
-    runs = {"finetune": {"method": "finetune"}, "vanilla_kd": {"method": "vanilla_kd"}}
+    # (DVC's -S can only change a key params.yaml has: temperature is written out, as in the default)
+    runs = {"finetune": {"method": "finetune"}, "vanilla_kd": {"method": "vanilla_kd", "temperature": 4.0, "alpha": 0.5}}
     params = tiny_params(glue_dir, "rte", runs)
     params["task"] = {"name": "tweets", "max_train_examples": 64, "max_eval_examples": 48}
     root = make_project(tmp_path_factory.mktemp("project"), params)
@@ -116,11 +117,11 @@ def test_metrics_compare_teacher_and_students(project):
     assert kd["retention_pct"]["dev"] == pytest.approx(100 * kd["dev"]["accuracy"] / teacher["dev"]["accuracy"],
                                                        abs=0.01)
     # the compact summary is the only DVC metrics file: one row per number, one column per model
-    shown = json.loads(dvc("metrics", "show", "--json", root=root))
+    shown, _ = json.JSONDecoder().raw_decode(dvc("metrics", "show", "--json", root=root))  # stderr may follow
     files = next(iter(shown.values()))["data"]
     assert set(files) == {f"metrics/summary/{n}.json" for n in ("dev", "retention", "int8", "int8_ms", "int8_mb")}
-    assert files["metrics/summary/dev.json"]["data"] == {"teacher": teacher["dev"]["accuracy"],
-                                                         **{r: report["students"][r]["dev"]["accuracy"]
+    assert files["metrics/summary/dev.json"]["data"] == {"teacher": round(teacher["dev"]["accuracy"], 4),
+                                                         **{r: round(report["students"][r]["dev"]["accuracy"], 4)
                                                             for r in ("finetune", "vanilla_kd")}}
     table = dvc("exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|metrics/summary/dev", root=root)
     header = [cell.strip() for cell in table.splitlines()[0].strip().strip("|").split("|")]
@@ -259,6 +260,9 @@ def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path)
     assert report["main_metric"] == "pearson" and "spearman" in report["students"]["kd"]["dev"]
     export = export_student(params, tmp_path / "students/kd", tmp_path / "data", tmp_path / "export")
     assert export["parity"]["max_abs_diff"] <= 1e-4
+    from kdpipe.evaluation.table import comparison_table
+    table = comparison_table(report, {"kd": export}).splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| teacher", "| kd"] and "int8 dev pearson" in table[0]
     assert export["fp32"]["dev"]["pearson"] == pytest.approx(report["students"]["kd"]["dev"]["pearson"], abs=1e-3)
 
 

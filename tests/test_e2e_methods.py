@@ -48,8 +48,7 @@ def test_every_method_runs_as_a_stage_and_is_compared(methods_project):
     assert report["main_metric"] == "f1" and set(report["students"]) == set(RUNS)
     for run, r in report["students"].items():
         assert 0 <= r["dev"]["f1"] <= 1 and r["layers"] == 3, run
-    shown = dvc("metrics", "show", "--json", root=root)
-    assert all(f"metrics/distill/{run}.json" in shown for run in RUNS)
+    # (the project stops at evaluate: its compact summary, the only DVC metrics, comes after the exports)
 
 
 def test_teacher_outputs_are_cached_once_and_read_by_vector_methods(methods_project):

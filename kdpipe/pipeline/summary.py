@@ -24,7 +24,7 @@ def summarize(evaluation: dict, exports: dict[str, dict]) -> dict[str, dict[str,
     main = evaluation["main_metric"]
     # the teacher's 100 % keeps "teacher" in two files, so DVC always names its columns by file
     # ("metrics/summary/dev.json:teacher") and one --keep pattern selects a whole number
-    out = {"teacher": {"dev": evaluation["teacher"]["dev"][main], "retention": 100.0}}
+    out = {"teacher": {"dev": round(evaluation["teacher"]["dev"][main], 4), "retention": 100.0}}
     for run, result in evaluation["students"].items():
         row = {"dev": result["dev"][main], "retention": result["retention_pct"].get("dev")}
         export = exports.get(run, {})
