@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import bootstrap
 from torch.utils.data import DataLoader
 from transformers import PretrainedConfig
 
@@ -17,22 +15,13 @@ from kdpipe.data.splits import load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
+from kdpipe.evaluation.significance import CONFIDENCE, paired_difference
 from kdpipe.export import convert
 from kdpipe.export.runtime import EXPORT_META_FILE, ExportMeta, OnnxTextClassifier
 from kdpipe.files import atomic_dir, write_json
 from kdpipe.models.loading import encoder_for, load_classifier, load_tokenizer
 
 REPORT_FILE = "report.json"
-
-# The int8 gate's paired bootstrap (docs/onnx.md §3).  Percentile intervals, not BCa: BCa's
-# jackknife costs one metric call per dev example (40k on QQP).  With 1000 resamples the lower
-# bound moves by about 2% of the interval's width from seed to seed (measured on RTE and MRPC);
-# the fixed seed makes the verdict reproducible.
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_CONFIDENCE = 0.95
-BOOTSTRAP_SEED = 0
-_BOOTSTRAP_BATCH = 100  # resamples held at once: memory is batch x dev examples
-
 
 class ExportCheckError(RuntimeError):
     """The exported model fails a parity or int8-accuracy gate set in params.yaml."""
@@ -131,28 +120,11 @@ def concordance(x: np.ndarray, y: np.ndarray) -> float:
 
 def metric_drop_interval(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray,
                          labels: np.ndarray) -> tuple[float, float, float]:
-    """(drop, low, high): the main dev metric of fp32 minus int8, and its paired-bootstrap
-    interval at BOOTSTRAP_CONFIDENCE.
-
-    Examples are resampled together for both models, so the interval is the drop's sampling
-    noise on a dev set this size.  The statistic recomputes the metric on each resample, so it
-    holds for metrics that are no mean over examples (F1, Matthews, Pearson) as well as accuracy.
-    """
-    main = dataclasses.replace(spec, metrics=(spec.main_metric,))
-    a, b = predicted_values(spec, fp32), predicted_values(spec, int8)
-    gold = np.asarray(labels)
-
-    def drop(a, b, gold) -> float:
-        return (compute_metrics(main, a, gold)[spec.main_metric]
-                - compute_metrics(main, b, gold)[spec.main_metric])
-
-    observed = drop(a, b, gold)
-    if np.array_equal(a, b):  # every resample gives 0; scipy would warn about a degenerate distribution
-        return 0.0, 0.0, 0.0
-    result = bootstrap((a, b, gold), drop, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
-                       batch=_BOOTSTRAP_BATCH, confidence_level=BOOTSTRAP_CONFIDENCE, method="percentile",
-                       rng=np.random.default_rng(BOOTSTRAP_SEED))
-    return observed, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    """(drop, low, high): the main dev metric of fp32 minus int8, with its paired-bootstrap
+    interval (``evaluation.significance``; docs/onnx.md §3): the drop's sampling noise on a dev
+    set this size."""
+    d = paired_difference(spec, fp32, int8, labels)
+    return d.observed, d.low, d.high
 
 
 def int8_gate(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray,
@@ -174,7 +146,7 @@ def int8_gate(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.nda
     return {"agreement": agreement,
             "agreement_kind": "same_class" if spec.problem == "classification" else "concordance",
             "metric": spec.main_metric, "drop": drop,
-            "drop_interval": {"low": low, "high": high, "confidence": BOOTSTRAP_CONFIDENCE},
+            "drop_interval": {"low": low, "high": high, "confidence": CONFIDENCE},
             "examples": int(len(labels)), "verdict": verdict}
 
 

@@ -1,0 +1,77 @@
+"""The comparison statistics on constructed cases whose answer is known (kdpipe/evaluation/significance.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdpipe.data.tasks import TaskSpec
+from kdpipe.evaluation.significance import (ASO_THRESHOLD, BETTER, TIE, WORSE, almost_stochastic_order,
+                                            paired_difference, verdict)
+
+BINARY = TaskSpec("t", "classification", ("neg", "pos"), 1, ("accuracy",), "accuracy")
+MATTHEWS = TaskSpec("cola", "classification", ("bad", "ok"), 1, ("matthews",), "matthews")
+
+
+def _clearly_better_model(n=1000, accuracy=0.9, seed=0):
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 2, n)
+    pred = gold.copy()
+    wrong = rng.choice(n, int(n * (1 - accuracy)), replace=False)
+    pred[wrong] = 1 - pred[wrong]
+    return gold, pred
+
+
+def test_two_identical_models_show_no_detectable_difference():
+    gold, pred = _clearly_better_model()
+    d = paired_difference(BINARY, pred, pred.copy(), gold)
+    assert (d.observed, d.low, d.high) == (0.0, 0.0, 0.0) and d.verdict == TIE
+
+
+def test_flipping_a_fifth_of_a_clearly_better_models_right_answers_is_worse():
+    gold, good = _clearly_better_model()
+    worse = good.copy()
+    right = np.flatnonzero(good == gold)
+    flipped = np.random.default_rng(1).choice(right, len(right) // 5, replace=False)
+    worse[flipped] = 1 - worse[flipped]
+    d = paired_difference(BINARY, worse, good, gold)
+    assert d.observed == pytest.approx(-len(flipped) / len(gold))  # -0.18
+    assert d.high < 0 and d.verdict == WORSE
+    assert paired_difference(BINARY, good, worse, gold).verdict == BETTER
+    assert d.low <= d.observed <= d.high
+
+
+def test_a_handful_of_flips_either_way_is_a_tie():
+    gold, a = _clearly_better_model(n=500)
+    b = a.copy()
+    b[[3, 17, 99]] = 1 - b[[3, 17, 99]]  # three answers differ: noise on 500 examples
+    d = paired_difference(BINARY, a, b, gold)
+    assert d.verdict == TIE and d.low <= 0 <= d.high
+
+
+def test_non_decomposable_metrics_and_logits_work_and_the_interval_is_seeded():
+    gold, good = _clearly_better_model(n=400)
+    worse = np.where(np.arange(400) % 3 == 0, 1 - good, good)
+    logits = np.stack([-worse, worse], axis=1).astype(np.float32)  # argmax = worse
+    first = paired_difference(MATTHEWS, logits, good, gold)
+    assert first == paired_difference(MATTHEWS, logits, good, gold)
+    assert first.verdict == WORSE and first.observed < -0.3
+
+
+def test_verdict_reads_only_the_interval():
+    assert verdict(0.001, 0.2) == BETTER and verdict(-0.2, -0.001) == WORSE
+    assert verdict(-0.1, 0.1) == TIE and verdict(0.0, 0.1) == TIE
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        paired_difference(BINARY, np.array([0, 1]), np.array([0, 1, 1]), np.array([0, 1]))
+
+
+def test_almost_stochastic_order_over_seeds():
+    better = [0.81, 0.80, 0.82, 0.79, 0.81]
+    worse = [0.70, 0.72, 0.71, 0.69, 0.70]
+    assert almost_stochastic_order(better, worse) < ASO_THRESHOLD
+    assert almost_stochastic_order(worse, better) > 0.5
+    with pytest.raises(ValueError, match="two seeds"):
+        almost_stochastic_order([0.8], worse)
