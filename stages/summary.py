@@ -4,10 +4,11 @@ retention, the shipped ONNX model's metric, latency and size per model), from th
 from kdpipe.stage import stage
 
 with stage("summary", []) as s:
+    from kdpipe.evaluation.table import read_comparison
     from kdpipe.files import atomic_dir, write_json
-    from kdpipe.pipeline.summary import SUMMARY_DIR, by_number, read_reports, summarize
+    from kdpipe.pipeline.summary import SUMMARY_DIR, by_number, summarize
 
-    summary = summarize(*read_reports(s.root, list(s.params.distill.runs)))
+    summary = summarize(*read_comparison(s.path("metrics")))  # the reports `kdpipe compare` reads
     with atomic_dir(s.path(SUMMARY_DIR)) as tmp:
         for number, values in by_number(summary).items():
             write_json(tmp / f"{number}.json", values)

@@ -85,7 +85,7 @@ def write_manifests(params: Params, root: Path, out_dir: Path) -> dict[str, int]
 
 # Where each run's small git-tracked reports and curves live; DVC leaves a removed stage's
 # outputs in the workspace, so a run dropped from params would linger in reports and plots.
-RUN_FILES = ("metrics/distill/{}.json", "metrics/export/{}.json", "plots/train/{}.csv", "plots/dev/{}.csv")
+RUN_FILES = (("metrics/distill", ".json"), ("metrics/export", ".json"), ("plots/train", ".csv"), ("plots/dev", ".csv"))
 NOT_RUNS = frozenset({"teacher"})  # plots/train/teacher.csv sits beside the runs' curves
 
 
@@ -94,10 +94,9 @@ def remove_dropped_runs(params: Params, root: Path) -> list[str]:
     stay: DVC's cache restores those); returns what was deleted."""
     keep = set(params.distill.runs) | NOT_RUNS
     removed = []
-    for pattern in RUN_FILES:
-        folder, suffix = pattern.split("{}")[0], pattern.split("{}")[1]
+    for folder, suffix in RUN_FILES:
         for path in sorted((root / folder).glob(f"*{suffix}")):
-            if path.name[: -len(suffix)] not in keep:
+            if path.stem not in keep:
                 path.unlink()
                 removed.append(str(path.relative_to(root)))
     return removed

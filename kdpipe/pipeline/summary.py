@@ -13,9 +13,6 @@ stay beside it with every detail.  The numbers:
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 SUMMARY_DIR = "metrics/summary"
 
 
@@ -44,13 +41,3 @@ def by_number(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float
         for number, value in row.items():
             out.setdefault(number, {})[model] = value
     return out
-
-
-def read_reports(root: Path, runs: list[str]) -> tuple[dict, dict[str, dict]]:
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    exports = {}
-    for run in runs:
-        path = root / f"metrics/export/{run}.json"
-        if path.is_file():  # a run whose export is off or has not run yet has no int8 numbers
-            exports[run] = json.loads(path.read_text())
-    return evaluation, exports
