@@ -13,12 +13,11 @@ inputs give byte-identical manifests, so nothing downstream runs.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from kdpipe.config import Params
 from kdpipe.data.tasks import TaskDataError, supplementary_input_files, task_input_files
-from kdpipe.files import atomic_dir
+from kdpipe.files import atomic_dir, write_json
 from kdpipe.models.sources import resolve_model_path
 
 MANIFEST_DIR = "data/inputs"  # data.json, teacher.json, distill/<run>.json
@@ -79,7 +78,7 @@ def write_manifests(params: Params, root: Path, out_dir: Path) -> dict[str, int]
         for name, content in found.items():
             path = tmp / f"{name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+            write_json(path, content)
     return {name: len(content["files"]) for name, content in found.items()}
 
 
