@@ -44,3 +44,47 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert list(a) == list(b) and sorted(a) == list(range(10))
     a.set_epoch(1)
     assert list(a) != list(b)
+
+
+def _padded_tokens(order: list[int], lengths: list[int], batch_size: int) -> int:
+    return sum(max(lengths[i] for i in order[s:s + batch_size]) * len(order[s:s + batch_size])
+               for s in range(0, len(order), batch_size))
+
+
+def test_length_grouped_epochs_are_seeded_permutations_with_less_padding():
+    """Every example once per epoch, the order a function of (seed, epoch) only (exact resume),
+    and batches that pad far less than a random order: the point of grouping."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 64, (640,), generator=g).tolist()
+    a = EpochShuffleSampler(640, seed=3, lengths=lengths, batch_size=16)
+    b = EpochShuffleSampler(640, seed=3, lengths=lengths, batch_size=16)
+    b.set_epoch(1)
+    b.set_epoch(0)
+    assert list(a) == list(b) and sorted(a) == list(range(640))
+    a.set_epoch(1)
+    assert list(a) != list(b) and sorted(a) == list(range(640))
+    grouped = _padded_tokens(list(a), lengths, 16)
+    plain = _padded_tokens(list(EpochShuffleSampler(640, seed=3)), lengths, 16)
+    assert grouped < 0.7 * plain and grouped >= sum(lengths)
+
+
+def test_length_grouping_needs_a_length_per_example():
+    import pytest
+    with pytest.raises(ValueError, match="one length per example"):
+        EpochShuffleSampler(5, seed=0, lengths=[1, 2], batch_size=2)
+
+
+def test_inference_loader_goes_longest_first_and_predict_restores_dataset_order(tokenizer):
+    """Predictions come back in dataset order whatever order the loader visits examples in."""
+    from kdpipe.data.batches import inference_loader
+    from kdpipe.evaluation.predict import predict
+    model = tiny_bert().eval()
+    texts = ["short", "a much longer sentence with many more words in it", "mid length one", "x y"]
+    data = TextDataset(pd.DataFrame({"text_a": texts, "label": [0, 1, 2, 0]}))
+    collator = DistillCollator(Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], 32), None, False)
+    loader = inference_loader(data, collator, batch_size=2)
+    assert [i for batch in loader for i in batch["index"].tolist()] == [1, 2, 3, 0]
+    logits, labels, _ = predict(model, loader)
+    one_by_one = torch.cat([model(**collator([data[i]])["student"]).logits for i in range(4)])
+    assert labels.tolist() == [0, 1, 2, 0]
+    torch.testing.assert_close(torch.from_numpy(logits), one_by_one.detach(), atol=1e-5, rtol=1e-4)

@@ -16,7 +16,8 @@ from kdpipe.methods.base import label_loss
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
             autocast=None, gather=None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits [N, C], labels [N] and the mean hard-label loss over ``loader``.
+    """Logits [N, C], labels [N] and the mean hard-label loss over ``loader``, in dataset order
+    (by the batches' ``index``: a loader may visit examples in any order, e.g. longest first).
 
     ``side`` picks which inputs of a DistillCollator batch to feed (the teacher's own
     tokenisation for the teacher).  ``gather`` (``accelerator.gather_for_metrics``) collects
@@ -24,19 +25,21 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
     """
     was_training = model.training
     model.eval()
-    logits, labels = [], []
+    logits, labels, indices = [], [], []
     device = next(model.parameters()).device
     for batch in loader:
         inputs = {k: v.to(device) for k, v in batch[side].items()}
-        y = batch["labels"].to(device)
+        y, index = batch["labels"].to(device), batch["index"].to(device)
         with autocast() if autocast else contextlib.nullcontext():
             z = model(**inputs).logits.float()
         if gather is not None:
-            z, y = gather((z, y))
+            z, y, index = gather((z, y, index))
         logits.append(z.cpu())
         labels.append(y.cpu())
+        indices.append(index.cpu())
     model.train(was_training)
-    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    order = torch.cat(indices).argsort()
+    all_logits, all_labels = torch.cat(logits)[order], torch.cat(labels)[order]
     loss = label_loss(all_logits, all_labels, regression=all_logits.shape[-1] == 1).item()
     return all_logits.numpy(), all_labels.numpy(), loss
 

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from kdpipe.config import Params
-from kdpipe.data.batches import DistillCollator
+from kdpipe.data.batches import DistillCollator, inference_loader
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs, torch_latency
@@ -33,8 +32,7 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
     report: dict = {}
     for split in ("dev", "test"):
         if split in sets:
-            loader = DataLoader(sets[split], batch_size=64, collate_fn=collator)
-            report[split] = evaluate_split(model, loader, spec)
+            report[split] = evaluate_split(model, inference_loader(sets[split], collator, 64), spec)
     report["parameters"] = count_parameters(model)
     report["layers"] = num_layers(model)  # effective: an SPS model runs its physical layers twice
     report["physical_layers"] = physical_layers(model)

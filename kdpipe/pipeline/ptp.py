@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch.utils.data import DataLoader
 
 from kdpipe.config import Params, StudentConfig
-from kdpipe.data.batches import DistillCollator
+from kdpipe.data.batches import DistillCollator, inference_loader
 from kdpipe.data.splits import TextDataset, load_splits
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.predict import predict
@@ -59,8 +58,7 @@ def pretrain_ptp(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Pat
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
     collator = DistillCollator(encoder_for(teacher, tokenizer, params.max_length), None, False)
-    predictions = {split: predict(teacher, DataLoader(TextDataset(frames[split]), batch_size=64,
-                                                      collate_fn=collator))[:2]
+    predictions = {split: predict(teacher, inference_loader(TextDataset(frames[split]), collator, 64))[:2]
                    for split in ("train", "dev")}
     logits, labels = predictions["train"]
     thresholds = pea_kd.resolve_thresholds(params.ptp.t1, params.ptp.t2, spec.name, logits, labels)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from kdpipe.config import TrainConfig
-from kdpipe.data.batches import DistillCollator, EpochShuffleSampler
+from kdpipe.data.batches import DistillCollator, EpochShuffleSampler, inference_loader
 from kdpipe.data.splits import TextDataset
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.metrics import is_better
@@ -112,13 +112,14 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     set_seed(seed)
     accelerator = make_accelerator(cfg.mixed_precision)
 
-    sampler = EpochShuffleSampler(len(train_set), seed)
+    # Length grouping: random padding costs 1.76 tokens per real one on tweets (benchmarks/padding.py).
+    lengths = collator.student.lengths(train_set.text_a, train_set.text_b) if cfg.group_by_length else None
+    sampler = EpochShuffleSampler(len(train_set), seed, lengths, cfg.batch_size)
     # Own generators: creating a loader iterator draws a seed, and drawing it from the global
     # RNG would shift dropout masks after a resume.
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
                               generator=torch.Generator().manual_seed(seed))
-    dev_loader = DataLoader(dev_set, batch_size=cfg.eval_batch_size, collate_fn=collator,
-                            generator=torch.Generator().manual_seed(seed))
+    dev_loader = inference_loader(dev_set, collator, cfg.eval_batch_size, generator=torch.Generator().manual_seed(seed))
     train_loader, dev_loader = accelerator.prepare(train_loader, dev_loader)
     steps_per_epoch = len(train_loader)  # per process, once sharded
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
