@@ -134,6 +134,8 @@ def test_logits_equal_torch(clf, model, hf_tokenizer):
     got = clf.logits(SINGLES, batch_size=4)  # two batches of different lengths
     assert got.shape == (len(SINGLES), len(LABELS)) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    # 180 texts at batch 1: three length-sorted blocks of 64; outputs still in the given order
+    np.testing.assert_allclose(clf.logits(SINGLES * 30, batch_size=1), np.tile(expected, (30, 1)), atol=1e-4)
 
 
 def test_pair_logits_equal_torch(clf, model, hf_tokenizer):
