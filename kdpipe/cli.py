@@ -127,9 +127,12 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "compare", help="one table of teacher and students from the metrics files",
-        description="Reads metrics/evaluate.json and metrics/export/*.json (written by dvc repro) and "
-                    "prints teacher and students side by side as a Markdown table.",
+        "compare", help="which student to ship: the report's answer and table, from the metrics files",
+        description="Reads metrics/evaluate.json, metrics/export/*.json and metrics/distill/*.json (written "
+                    "by dvc repro) and prints the report's headline and its table in Markdown: each model's "
+                    "dev score with its 95% interval, its difference from the baselines with a verdict, "
+                    "the shipped ONNX model's size and latency, and the training cost.  The README's "
+                    "results tables are this output.",
         epilog=_examples("kdpipe compare", "kdpipe compare --metrics-dir path/to/metrics"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
@@ -137,9 +140,13 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from kdpipe.evaluation.table import comparison_table, read_comparison
+    from kdpipe.evaluation import report
 
-    print(comparison_table(*read_comparison(args.metrics_dir)))
+    evaluation, exports, trainings = report.read_reports(Path(args.metrics_dir).parent)
+    rows = report.report_rows(evaluation, exports, trainings)
+    print("\n".join(f"- {line}" for line in report.headline(rows, evaluation)))
+    print()
+    print(report.markdown_table(report.results_table(rows, evaluation["main_metric"])))
     return 0
 
 

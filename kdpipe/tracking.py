@@ -246,6 +246,15 @@ class Tracker:
         elif path.exists():
             self._call("logging an artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_pipeline_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or folder on the pipeline's parent run (the report), next to its summary metrics."""
+        if self.parent_id and Path(path).exists():
+            run_id, self.run_id = self.run_id, self.parent_id
+            try:
+                self.log_artifact(path, artifact_path)
+            finally:
+                self.run_id = run_id
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call("logging text", lambda: self._client.log_text(self.run_id, text, artifact_file))
 
@@ -356,6 +365,7 @@ class NullTracker:
     def log_metrics(self, metrics, step=None): pass
     def log_pipeline_metrics(self, metrics): pass
     def log_artifact(self, path, artifact_path=None): pass
+    def log_pipeline_artifact(self, path, artifact_path=None): pass
     def log_text(self, text, artifact_file): pass
     def set_tags(self, tags): pass
     def log_export_model(self, export_dir, registered_name=None, tags=None): return None

@@ -4,11 +4,11 @@ from kdpipe.stage import stage
 
 with stage("evaluate", ["evaluate"], reads=["models/teacher"]) as s:
     from kdpipe.files import write_json
-    from kdpipe.pipeline.evaluate import evaluate_models, tradeoff_rows
+    from kdpipe.pipeline.evaluate import PREDICTIONS_DIR, evaluate_models, tradeoff_rows
     from kdpipe.evaluation.charts import plot_curves, plot_tradeoff
 
     report = evaluate_models(s.params, s.path("data/prepared"), s.path("models/teacher"),
-                             s.path("models/students"))
+                             s.path("models/students"), s.path(PREDICTIONS_DIR))
     main = report["main_metric"]
     write_json(s.path("metrics/evaluate.json"), report)
     write_json(s.path("plots/tradeoff.json"), tradeoff_rows(report))

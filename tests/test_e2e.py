@@ -133,6 +133,33 @@ def test_metrics_compare_teacher_and_students(project):
     assert (root / "plots/train/vanilla_kd.csv").exists() and (root / "plots/dev/teacher.csv").exists()
 
 
+def test_the_report_answers_with_intervals_verdicts_and_per_example_predictions(project):
+    import pandas as pd
+
+    root, _ = project
+    report = json.loads((root / "metrics/evaluate.json").read_text())
+    targets = report["comparisons"]
+    assert targets["finetune"] == "finetune" and targets["vanilla_kd"] == "vanilla_kd"
+    assert targets["best"] == max(report["students"], key=lambda r: report["students"][r]["dev"]["accuracy"])
+    kd = report["students"]["vanilla_kd"]
+    assert kd["dev_interval"]["low"] <= kd["dev"]["accuracy"] <= kd["dev_interval"]["high"]
+    assert kd["versus"]["finetune"]["verdict"] in {"better", "worse", "no detectable difference"}
+    assert "vanilla_kd" not in kd["versus"]  # never compared with itself
+    # per-example predictions recompute the reported numbers without the models
+    frame = pd.read_parquet(root / "predictions/vanilla_kd.parquet")
+    dev = frame[frame.split == "dev"]
+    assert len(dev) == 48 and set(frame.split) == {"dev", "test"}
+    assert (dev.prediction == dev.label).mean() == pytest.approx(kd["dev"]["accuracy"])
+    assert {p.stem for p in (root / "predictions").iterdir()} == {"teacher", "finetune", "vanilla_kd"}
+    training = json.loads((root / "metrics/distill/vanilla_kd.json").read_text())
+    assert training["train_seconds"] > 0 and training["total_steps"] == training["steps"]
+    md = (root / "reports/report.md").read_text()
+    assert md.startswith("# Distillation report: tweets") and "vs finetune" in md and "## Limits" in md
+    assert "![Dev score vs the shipped model's latency](tradeoff.png)" in md and (root / "reports/tradeoff.png").is_file()
+    page = (root / "reports/report.html").read_text()
+    assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")  # renders offline
+
+
 def test_mlflow_has_one_parent_with_a_child_per_stage_and_method(project):
     import mlflow
 

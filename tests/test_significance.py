@@ -75,3 +75,15 @@ def test_almost_stochastic_order_over_seeds():
     assert almost_stochastic_order(worse, better) > 0.5
     with pytest.raises(ValueError, match="two seeds"):
         almost_stochastic_order([0.8], worse)
+
+
+def test_metric_interval_matches_the_binomial_interval_of_accuracy():
+    """800 of 1,000 right: the normal-approximation 95 % interval is 0.8 +- 1.96 sqrt(.8 .2 / 1000)
+    = 0.8 +- 0.0248; the bootstrap percentile interval agrees to a few thousandths."""
+    from kdpipe.evaluation.significance import metric_interval
+    labels = np.zeros(1000, dtype=int)
+    predictions = np.r_[np.zeros(800, dtype=int), np.ones(200, dtype=int)]
+    value, low, high = metric_interval(BINARY, predictions, labels)
+    assert value == pytest.approx(0.8)
+    assert low == pytest.approx(0.8 - 0.0248, abs=0.004) and high == pytest.approx(0.8 + 0.0248, abs=0.004)
+    assert metric_interval(BINARY, labels, labels) == (1.0, 1.0, 1.0)  # no spread: the point itself

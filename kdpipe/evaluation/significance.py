@@ -20,6 +20,10 @@ from scipy.stats import bootstrap
 
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
+from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE, verdict
+
+__all__ = ["BETTER", "TIE", "WORSE", "verdict", "Difference", "paired_difference", "metric_interval",
+           "almost_stochastic_order", "RESAMPLES", "CONFIDENCE", "ASO_THRESHOLD"]
 
 # Percentile intervals, not BCa: BCa's jackknife costs one metric call per example (40k on QQP).
 # With 1000 resamples the bounds move by about 2 % of the interval's width from seed to seed
@@ -31,7 +35,6 @@ _BATCH = 100  # resamples held at once: memory is batch x examples
 # ASO: ε_min below this says A is better than B (Ulmer et al.'s recommended threshold).
 ASO_THRESHOLD = 0.2
 
-BETTER, WORSE, TIE = "better", "worse", "no detectable difference"
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,6 @@ class Difference:
     @property
     def verdict(self) -> str:
         return verdict(self.low, self.high)
-
-
-def verdict(low: float, high: float) -> str:
-    """A's standing against B from the interval of metric(A) - metric(B)."""
-    if low > 0:
-        return BETTER
-    if high < 0:
-        return WORSE
-    return TIE
 
 
 def paired_difference(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
@@ -77,6 +71,28 @@ def paired_difference(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarr
                        rng=np.random.default_rng(seed))
     return Difference(observed, float(result.confidence_interval.low), float(result.confidence_interval.high),
                       confidence)
+
+
+def metric_interval(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray, resamples: int = RESAMPLES,
+                    confidence: float = CONFIDENCE, seed: int = SEED) -> tuple[float, float, float]:
+    """(value, low, high): ``spec.main_metric`` of one model on N examples and its bootstrap
+    percentile interval: the error bar of a single-seed score from the dev set's own noise."""
+    main = dataclasses.replace(spec, metrics=(spec.main_metric,))
+    values, gold = predicted_values(spec, outputs), np.asarray(labels)
+    if not len(values) == len(gold) > 0:
+        raise ValueError(f"need the same, non-zero number of outputs and labels; got {len(values)}, {len(gold)}")
+
+    def metric(values, gold) -> float:
+        return compute_metrics(main, values, gold)[spec.main_metric]
+
+    value = metric(values, gold)
+    result = bootstrap((values, gold), metric, paired=True, vectorized=False, n_resamples=resamples,
+                       batch=_BATCH, confidence_level=confidence, method="percentile",
+                       rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if np.isnan(low) or np.isnan(high):  # every resample gave the same score (all right, or all wrong)
+        low = high = value
+    return value, low, high
 
 
 def almost_stochastic_order(scores_a, scores_b, confidence: float = CONFIDENCE, seed: int = SEED) -> float:

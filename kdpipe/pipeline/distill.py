@@ -8,6 +8,7 @@ Three named steps: ``setup_run`` (data, teacher, student, method, teacher cache)
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def summarize(setup: RunSetup, outcomes: dict[str, PhaseOutcome]) -> dict:
     """The run's metrics file: the final phase's result, the student, and per-phase details."""
     spec = setup.spec
     final = outcomes[setup.method.phases[-1]].result
-    out = {**summary(final, spec), "method": setup.run.method, "init_layers": setup.layers,
+    out = {**summary(final, spec), "total_steps": sum(summary(o.result, spec)["steps"] for o in outcomes.values()),
+           "method": setup.run.method, "init_layers": setup.layers,
            "student": {**setup.student_cfg.model_dump(), "init_source": setup.init_source,
                        "effective_layers": num_layers(setup.student),
                        "parameters": count_parameters(setup.student)},
@@ -167,8 +169,11 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     ``teacher_cache_dir`` (the teacher_outputs stage's folder) replaces the live teacher where
     the method's teacher signal is cached."""
     setup = setup_run(params, run_name, data_dir, teacher_dir, teacher_cache_dir, ptp_dir, echo)
+    started = time.perf_counter()
     outcomes = {phase: train_phase(params, setup, phase, checkpoint_dir, logger) for phase in setup.method.phases}
     result = summarize(setup, outcomes)
+    # the cost the report compares: this process's training time (a resumed run counts only its rest)
+    result["train_seconds"] = round(time.perf_counter() - started, 1)
     if setup.multi_phase and is_main_process():
         write_phase_curves(plots_dir, setup, outcomes)
     curve = merge_phases({p: o.result for p, o in outcomes.items()})

@@ -13,6 +13,11 @@ stay beside it with every detail.  The numbers:
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+from kdpipe.files import atomic_dir
+
 SUMMARY_DIR = "metrics/summary"
 
 
@@ -41,3 +46,31 @@ def by_number(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float
         for number, value in row.items():
             out.setdefault(number, {})[model] = value
     return out
+
+
+def write_report(root: Path, out_dir: Path, context: dict | None = None) -> list:
+    """The distillation report (``evaluation.report``) of the run under ``root``, written
+    atomically to ``out_dir``: report.md, report.html (self-contained) and the PNGs they show.
+    Returns the report's rows."""
+    from kdpipe.evaluation import report as rep
+    from kdpipe.evaluation.charts import plot_shipped_tradeoff
+
+    context = context or {}
+    evaluation, exports, trainings = rep.read_reports(root)
+    rows = rep.report_rows(evaluation, exports, trainings)
+    main = evaluation["main_metric"]
+    with atomic_dir(out_dir) as tmp:
+        charts = {}
+        points = [{"name": r.name, "dev": r.dev, "low": r.dev_low, "high": r.dev_high, "ms": r.int8_ms["batch_1"]}
+                  for r in rows if r.name != "teacher" and r.int8_ms.get("batch_1") is not None]
+        if points:
+            plot_shipped_tradeoff(points, main, rows[0].dev, rep.pareto_front(rows), tmp / "tradeoff.png")
+            charts["Dev score vs the shipped model's latency"] = "tradeoff.png"
+        curves = Path(root) / "plots" / "charts" / "curves.png"
+        if curves.is_file():
+            shutil.copy(curves, tmp / "curves.png")
+            charts["Training curves"] = "curves.png"
+        (tmp / "report.md").write_text(rep.markdown_report(rows, evaluation, charts, context))
+        (tmp / "report.html").write_text(rep.html_report(rows, evaluation, {t: tmp / f for t, f in charts.items()},
+                                                         context))
+    return rows
