@@ -46,7 +46,7 @@ def main() -> None:
     data = TextDataset(splits["train"])
     enc = Encoder(tokenizer, EncoderFamily.input_names(teacher, tokenizer), args.max_length)
     collate = DistillCollator(enc, None, regression=False)
-    lengths = enc.lengths(data.text_a, data.text_b)
+    lengths = enc.lengths(data)
     orders = {"random": list(EpochShuffleSampler(len(data), 0)),
               "grouped": list(EpochShuffleSampler(len(data), 0, lengths, args.batch_size))}
     layers = select_layers(6, args.student_layers, "uniform")

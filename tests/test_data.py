@@ -88,3 +88,14 @@ def test_inference_loader_goes_longest_first_and_predict_restores_dataset_order(
     one_by_one = torch.cat([model(**collator([data[i]])["student"]).logits for i in range(4)])
     assert labels.tolist() == [0, 1, 2, 0]
     torch.testing.assert_close(torch.from_numpy(logits), one_by_one.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_lengths_cover_a_concatenation_of_train_and_supplementary_text(tokenizer):
+    """Label-free phases train on train + supplementary text (a ConcatDataset): grouping needs
+    the length of every row of it, in order."""
+    from torch.utils.data import ConcatDataset
+    enc = Encoder(tokenizer, ["input_ids", "attention_mask"], 8)
+    train = TextDataset(pd.DataFrame({"text_a": ["one two three", "x"], "label": [0, 1]}))
+    extra = TextDataset(pd.DataFrame({"text_a": ["word " * 20], "label": [0]}))
+    assert enc.lengths(ConcatDataset([train, extra])) == enc.lengths(train) + [8]  # truncated at max_length
+    assert enc.lengths(train) == [len(enc(["one two three"], None)["input_ids"][0]), 3]

@@ -25,9 +25,14 @@ class Encoder:
                              padding=True, return_tensors="pt")
         return {n: enc[n] for n in self.input_names}
 
-    def lengths(self, text_a: list[str], text_b: list[str] | None) -> list[int]:
-        """Tokens per example after truncation (what ``__call__`` pads to), for length grouping."""
-        enc = self.tokenizer(text_a, text_b, truncation=True, max_length=self.max_length)
+    def lengths(self, dataset) -> list[int]:
+        """Tokens per example of ``dataset`` (rows as ``TextDataset``'s, e.g. a ``ConcatDataset`` of
+        train and supplementary text) after truncation: what ``__call__`` pads to."""
+        rows = [dataset[i] for i in range(len(dataset))]
+        if not rows:
+            return []
+        text_b = None if rows[0]["text_b"] is None else [r["text_b"] for r in rows]
+        enc = self.tokenizer([r["text_a"] for r in rows], text_b, truncation=True, max_length=self.max_length)
         return [len(ids) for ids in enc["input_ids"]]
 
 
@@ -94,6 +99,6 @@ class LengthSortedSampler(Sampler[int]):
 
 def inference_loader(dataset, collator: DistillCollator, batch_size: int, **kwargs) -> DataLoader:
     """A loader over ``dataset`` (a ``TextDataset``) longest first; ``predict`` restores its order."""
-    lengths = collator.student.lengths(dataset.text_a, dataset.text_b)
+    lengths = collator.student.lengths(dataset)
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, sampler=LengthSortedSampler(lengths),
                       **kwargs)

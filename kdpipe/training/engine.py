@@ -113,7 +113,7 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     accelerator = make_accelerator(cfg.mixed_precision)
 
     # Length grouping: random padding costs 1.76 tokens per real one on tweets (benchmarks/padding.py).
-    lengths = collator.student.lengths(train_set.text_a, train_set.text_b) if cfg.group_by_length else None
+    lengths = collator.student.lengths(train_set) if cfg.group_by_length else None
     sampler = EpochShuffleSampler(len(train_set), seed, lengths, cfg.batch_size)
     # Own generators: creating a loader iterator draws a seed, and drawing it from the global
     # RNG would shift dropout masks after a resume.
