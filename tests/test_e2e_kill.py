@@ -32,10 +32,11 @@ def _params(glue_dir):
 
 
 def fingerprint(root: Path) -> dict[str, str]:
-    """What must match: metrics (latencies aside), weights, splits, the teacher cache, curves."""
+    """What must match: metrics (latencies and training seconds aside), weights, splits, the teacher cache, curves."""
     def strip(obj):
         if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if "latency" not in k and k not in ("speedup", "size_mb")}
+            return {k: strip(v) for k, v in obj.items()
+                    if "latency" not in k and k not in ("speedup", "size_mb", "train_seconds")}
         return [strip(v) for v in obj] if isinstance(obj, list) else obj
     out = {}
     for f in sorted(root.glob("metrics/**/*.json")):
