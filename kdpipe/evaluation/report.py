@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdpipe.evaluation.table import depth_label, read_comparison, shipped_variant
 from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE
 
 REPORT_DIR = "reports"
@@ -51,7 +52,6 @@ class Row:
 
 def read_reports(root: Path) -> tuple[dict, dict[str, dict], dict[str, dict]]:
     """evaluate.json, each run's export report and each run's distill report under ``root/metrics``."""
-    from kdpipe.evaluation.table import read_comparison
 
     evaluation, exports = read_comparison(Path(root) / "metrics")
     trainings = {}
@@ -67,14 +67,12 @@ def report_rows(evaluation: dict, exports: dict[str, dict], trainings: dict[str,
     rows = []
     for name, r in [("teacher", evaluation["teacher"]), *evaluation["students"].items()]:
         interval = r.get("dev_interval", {})
-        layers = str(r["layers"]) if r.get("physical_layers", r["layers"]) == r["layers"] \
-            else f"{r['layers']} ({r['physical_layers']} shared)"
         row = Row(name=name, method=r.get("method", "teacher"), dev=r["dev"][main], dev_low=interval.get("low"),
                   dev_high=interval.get("high"), retention=r.get("retention_pct", {}).get("dev", 100.0 if name == "teacher" else None),
-                  parameters=r["parameters"], layers=layers, versus=r.get("versus", {}))
+                  parameters=r["parameters"], layers=depth_label(r), versus=r.get("versus", {}))
         shipped = exports.get(name, {})
-        variant = "int8" if "int8" in shipped else "fp32"
-        if variant in shipped:
+        variant = shipped_variant(shipped)
+        if variant:
             row.int8_dev = shipped[variant]["dev"][main]
             row.int8_mb = shipped[variant]["size_mb"]
             row.int8_ms = shipped[variant]["latency_ms"]

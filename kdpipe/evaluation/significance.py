@@ -51,6 +51,14 @@ class Difference:
         return verdict(self.low, self.high)
 
 
+def _paired_percentile_interval(samples: tuple, statistic, resamples: int, confidence: float,
+                                seed: int) -> tuple[float, float]:
+    """scipy's paired percentile bootstrap of ``statistic(*samples)``: (low, high)."""
+    result = bootstrap(samples, statistic, paired=True, vectorized=False, n_resamples=resamples, batch=_BATCH,
+                       confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def paired_difference(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
                       resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED) -> Difference:
     """``spec.main_metric`` of A minus that of B, both scored against ``labels`` on the same N
@@ -66,10 +74,8 @@ def paired_difference(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarr
     observed = difference(a, b, gold)
     if np.array_equal(a, b):  # every resample gives 0 (scipy would warn of a degenerate distribution)
         return Difference(0.0, 0.0, 0.0, confidence)
-    result = bootstrap((a, b, gold), difference, paired=True, vectorized=False, n_resamples=resamples,
-                       batch=_BATCH, confidence_level=confidence, method="percentile",
-                       rng=np.random.default_rng(seed))
-    return Difference(observed, float(result.confidence_interval.low), float(result.confidence_interval.high),
+    low, high = _paired_percentile_interval((a, b, gold), difference, resamples, confidence, seed)
+    return Difference(observed, low, high,
                       confidence)
 
 
@@ -86,10 +92,7 @@ def metric_interval(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray, res
         return compute_metrics(main, values, gold)[spec.main_metric]
 
     value = metric(values, gold)
-    result = bootstrap((values, gold), metric, paired=True, vectorized=False, n_resamples=resamples,
-                       batch=_BATCH, confidence_level=confidence, method="percentile",
-                       rng=np.random.default_rng(seed))
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = _paired_percentile_interval((values, gold), metric, resamples, confidence, seed)
     if np.isnan(low) or np.isnan(high):  # every resample gave the same score (all right, or all wrong)
         low = high = value
     return value, low, high

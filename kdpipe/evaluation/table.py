@@ -24,6 +24,18 @@ def read_comparison(metrics_dir: Path) -> tuple[dict, dict[str, dict]]:
     return report, exports
 
 
+def depth_label(model_report: dict) -> str:
+    """Effective layers, with the physical ones when they differ: an SPS student runs its
+    physical layers twice, "6 (3 shared)"."""
+    layers, physical = model_report["layers"], model_report.get("physical_layers", model_report["layers"])
+    return str(layers) if physical == layers else f"{layers} ({physical} shared)"
+
+
+def shipped_variant(export_report: dict) -> str | None:
+    """The exported file that ships: int8, or fp32 with ``export.int8: false``; None if neither."""
+    return next((v for v in ("int8", "fp32") if v in export_report), None)
+
+
 def comparison_table(report: dict, exports: dict[str, dict] | None = None) -> str:
     """A Markdown table, one row per model: method, depth, size, dev/test main metric, retention,
     PyTorch latency per timed batch size, and the int8 ONNX model's batch-1 latency and dev metric."""
@@ -35,10 +47,7 @@ def comparison_table(report: dict, exports: dict[str, dict] | None = None) -> st
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         int8 = exports.get(name, {}).get("int8", {})
-        # an SPS student runs its physical layers twice: "6 (3 shared)"
-        layers = r["layers"] if r.get("physical_layers", r["layers"]) == r["layers"] \
-            else f"{r['layers']} ({r['physical_layers']} shared)"
-        row = [name, r.get("method", "-"), layers, f"{r['parameters'] / 1e6:.1f}",
+        row = [name, r.get("method", "-"), depth_label(r), f"{r['parameters'] / 1e6:.1f}",
                _fmt(r["dev"][main]), _fmt(r.get("test", {}).get(main)), _fmt(r.get("retention_pct", {}).get("dev"), 1),
                *[_fmt(r["latency_ms"][b], 1) for b in batches],
                _fmt(int8.get("latency_ms", {}).get("batch_1"), 2), _fmt(int8.get("dev", {}).get(main))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from kdpipe.evaluation.table import shipped_variant
 from kdpipe.files import atomic_dir
 
 SUMMARY_DIR = "metrics/summary"
@@ -30,8 +31,8 @@ def summarize(evaluation: dict, exports: dict[str, dict]) -> dict[str, dict[str,
     for run, result in evaluation["students"].items():
         row = {"dev": result["dev"][main], "retention": result["retention_pct"].get("dev")}
         export = exports.get(run, {})
-        variant = "int8" if "int8" in export else "fp32"  # the file that ships (fp32 with export.int8 off)
-        if variant in export:
+        variant = shipped_variant(export)
+        if variant:
             shipped, latency = export[variant], export[variant]["latency_ms"]
             row.update({variant: shipped["dev"][main], f"{variant}_mb": shipped["size_mb"],
                         f"{variant}_ms": latency.get("batch_1", next(iter(latency.values())))})
