@@ -128,9 +128,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="which student to ship: the report's answer and table, from the metrics files",
-        description="Reads metrics/evaluate.json, metrics/export/*.json and metrics/distill/*.json (written "
-                    "by dvc repro) and prints the report's headline and its table in Markdown: each model's "
-                    "dev score with its 95% interval, its difference from the baselines with a verdict, "
+        description="Reads metrics/evaluate.json, metrics/export/*.json and metrics/distill/<run>/*.json "
+                    "(written by dvc repro) and prints the report's headline and its table in Markdown: each "
+                    "run's dev score (mean ± std over its seeds) with its 95% interval, its difference from "
+                    "the baselines with a verdict, "
                     "the shipped ONNX model's size and latency, and the training cost.  The README's "
                     "results tables are this output.",
         epilog=_examples("kdpipe compare", "kdpipe compare --metrics-dir path/to/metrics"),

@@ -178,7 +178,21 @@ class TeacherCacheConfig(Strict):
 class DistillConfig(Strict):
     train: TrainConfig = TrainConfig()
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
+    # Every run trains once per seed (stage distill@<run>-<seed>): data order, dropout, fresh heads
+    # and projections, RAIL-KD draws, mixup.  Data splits, teacher and PTP keep the top-level seed.
+    seeds: list[int] = Field(default_factory=lambda: [42])
     runs: dict[str, RunConfig] = Field(default_factory=lambda: {"vanilla_kd": RunConfig(method="vanilla_kd")})
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("list at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must differ; got {v}")
+        if min(v) < 0:
+            raise ValueError(f"seeds must be >= 0; got {v}")
+        return v
 
     @field_validator("runs")
     @classmethod
@@ -257,6 +271,12 @@ class Params(Strict):
             return TrainConfig(**merged)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, where, "params.yaml")) from None
+
+
+def student_name(run: str, seed: int) -> str:
+    """One trained student, a (run, seed): its folder under models/students, metrics/distill,
+    plots/train and plots/dev, its checkpoints and its MLflow run name (``distill/<name>``)."""
+    return f"{run}/seed-{seed}"
 
 
 def format_validation_error(err: ValidationError, prefix: str, source: str) -> str:

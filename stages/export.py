@@ -1,18 +1,23 @@
-"""Stage `export@<run>`: ONNX fp32 + int8 of one student, parity-checked and scored on dev."""
+"""Stage `export@<run>`: ONNX fp32 + int8 of one student, parity-checked and scored on dev: the
+run's first seed (distill.seeds[0]), the student that ships; the other seeds are evidence."""
 
 import sys
 
+from kdpipe.config import student_name
 from kdpipe.stage import stage
 
-run_name = sys.argv[1]
-with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.run": run_name},
-           reads=[f"models/students/{run_name}"]) as s:
+if len(sys.argv) != 3 or not sys.argv[2].isdigit():
+    raise SystemExit("usage: python stages/export.py RUN SEED (a run of distill.runs; its student of that seed ships)")
+run_name, seed = sys.argv[1], int(sys.argv[2])
+student = f"models/students/{student_name(run_name, seed)}"
+with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.run": run_name,
+           "kdpipe.seed": str(seed)}, reads=[student]) as s:
     from kdpipe.files import write_json
     from kdpipe.pipeline.export import export_student
     from kdpipe.tracking import registered_model_name
 
     out = s.path(f"exports/{run_name}")
-    report = export_student(s.params, s.path(f"models/students/{run_name}"), s.path("data/prepared"), out)
+    report = export_student(s.params, s.path(student), s.path("data/prepared"), out)
     write_json(s.path(f"metrics/export/{run_name}.json"), report)
     s.tracker.log_metrics(report)
     s.tracker.log_artifact(s.path(f"metrics/export/{run_name}.json"))

@@ -18,7 +18,7 @@ with stage("summary", []) as s:
         for number, values in by_number(summary).items():
             write_json(tmp / f"{number}.json", values)
     machine = f"machine: {platform.machine()}, {os.cpu_count()} CPU core(s)"
-    write_report(s.path("."), s.path(REPORT_DIR), {"seeds": 1, "machine": machine})
+    write_report(s.path("."), s.path(REPORT_DIR), {"seeds": len(s.params.distill.seeds), "machine": machine})
     s.tracker.log_pipeline_metrics({f"{model}.{k}": v for model, row in summary.items() for k, v in row.items()})
     s.tracker.log_pipeline_artifact(s.path(REPORT_DIR), "report")
     for model, row in summary.items():

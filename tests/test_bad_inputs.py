@@ -30,7 +30,7 @@ BASE = {
              "label_column": "label", "dev_fraction": 0.2, "test_fraction": 0.2},
     "teacher": {"model": "minilm"},
     "student": {"num_layers": 2},
-    "distill": {"runs": {"kd": {"method": "vanilla_kd"}}},
+    "distill": {"runs": {"kd": {"method": "vanilla_kd"}}, "seeds": [1]},
     "tracking": {"enabled": False},
 }
 GOOD_CSV = "text,label\n" + "".join(f"sample text number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
@@ -91,6 +91,8 @@ CASES = [
     Case("unknown-method", P + "distill.runs.kd.method: unknown method 'vanila_kd' (did you mean 'vanilla_kd'?); "
          "known: alp_kd, alp_kd_no, alp_kd_po, cr_ild, finetune, mlkd, pea_kd, pkd, rail_kd_c, rail_kd_l, tinybert, "
          "vanilla_kd", {"distill": {"runs": {"kd": {"method": "vanila_kd"}}}}),
+    Case("repeated-seed", P + "distill.seeds: seeds must differ; got [1, 1]",
+         {"distill": {"seeds": [1, 1]}}),
     Case("negative-learning-rate", 'kdpipe data: error: params.yaml: teacher.train.lr: Input should be greater than 0', {"teacher": {"train": {"lr": -1}}}),
     Case("student-deeper-than-teacher", "kdpipe data: error: student.num_layers: 7 is deeper than the teacher (6 layers)",
          {"student": {"num_layers": 7}}),
@@ -233,10 +235,10 @@ CASES += [
          "{root}/models/teacher/config.json is not valid JSON (Expecting value: line 1 column 1 (char 0))",
          stage="teacher_outputs", files={"data/train.csv": GOOD_CSV},
          prepare=lambda root: _saved_model(root, "models/teacher", lambda f: (f / "config.json").write_text(""))),
-    Case("student-weights-truncated", "kdpipe export: error: {root}/models/students/kd: "
-         "{root}/models/students/kd/model.safetensors is truncated or corrupted: {size} bytes, its header needs {need}",
-         stage="export", argv=["kd"], files={"data/train.csv": GOOD_CSV},
-         prepare=lambda root: _saved_model(root, "models/students/kd", lambda f: _truncate(f / "model.safetensors"))),
+    Case("student-weights-truncated", "kdpipe export: error: {root}/models/students/kd/seed-1: "
+         "{root}/models/students/kd/seed-1/model.safetensors is truncated or corrupted: {size} bytes, its header needs {need}",
+         stage="export", argv=["kd", "1"], files={"data/train.csv": GOOD_CSV},
+         prepare=lambda root: _saved_model(root, "models/students/kd/seed-1", lambda f: _truncate(f / "model.safetensors"))),
 ]
 
 E = "kdpipe predict: error: "

@@ -476,3 +476,22 @@ def test_unmasked_qkv_depends_on_padding(models):
     short = method.losses(*step_outputs(method, teacher, student, padded_batch(8)), torch.tensor([0, 1]))
     long = method.losses(*step_outputs(method, teacher, student, padded_batch(12)), torch.tensor([0, 1]))
     assert abs(short["qkv"].item() - long["qkv"].item()) > 1e-4
+
+
+@pytest.mark.parametrize("ild_epochs, weight, warned", [(1, None, True), (2, None, False), (1, 0.0, False)])
+def test_a_one_epoch_ild_phase_is_said_to_train_without_consistency(ild_epochs, weight, warned):
+    """The weight is w * e/E (e the 0-based epoch): 0 for the whole of a 1-epoch phase, which the
+    preflight says before training instead of silently training CR-ILD without CR."""
+    from kdpipe.config import parse_params
+    from kdpipe.methods.registry import build_run_method
+    from kdpipe.pipeline.preflight import training_notes
+
+    run = {"method": "cr_ild", "phases": {"ild": {"epochs": ild_epochs}}}
+    if weight is not None:
+        run["consistency_weight"] = weight
+    params = parse_params({"student": {"num_layers": 2}, "distill": {"runs": {"cr": run}}})
+    method = build_run_method(params, "cr", tiny_bert(layers=4).config, regression=False)
+    notes = training_notes(params, "cr", method)
+    assert bool(notes) == warned
+    if warned:
+        assert notes[0].startswith("distill.runs.cr: CR-ILD's consistency weight") and "1 epoch" in notes[0]

@@ -35,7 +35,7 @@ def tiny_params(glue_dir: Path, task: str, runs: dict) -> dict:
         # DVC needs every params section a stage lists, even where no run uses PTP
         "ptp": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "select_by": "loss"}},
         "distill": {"train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 48, "lr": 1e-4}, "runs": runs,
-                    "teacher_cache": {"enabled": True}},
+                    "seeds": [1], "teacher_cache": {"enabled": True}},
         "evaluate": {"latency_batch_sizes": [1, 4], "latency_warmup": 1, "latency_repeats": 2},
         # 48 dev examples: one flipped prediction moves accuracy by 2 points; the gate itself is unit-tested
         "export": {"parity_batches": 2, "int8_max_drop": 1.0, "int8_min_agreement": 0.0},
@@ -87,6 +87,7 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
     runs = {"finetune": {"method": "finetune"}, "vanilla_kd": {"method": "vanilla_kd", "temperature": 4.0, "alpha": 0.5}}
     params = tiny_params(glue_dir, "rte", runs)
     params["task"] = {"name": "tweets", "max_train_examples": 64, "max_eval_examples": 48}
+    params["distill"]["seeds"] = [42, 43]  # the default's: means, spreads, pooled comparisons, ASO
     root = make_project(tmp_path_factory.mktemp("project"), params)
     out = dvc("repro", root=root)
     return root, out
@@ -94,12 +95,13 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
 
 def test_repro_builds_every_artifact(project):
     root, out = project
-    for stage in ("data", "teacher", "teacher_outputs", "distill@finetune", "distill@vanilla_kd", "evaluate",
-                  "export@finetune", "export@vanilla_kd"):
+    for stage in ("data", "teacher", "teacher_outputs", "distill@finetune-42", "distill@finetune-43",
+                  "distill@vanilla_kd-42", "distill@vanilla_kd-43", "evaluate", "export@finetune", "export@vanilla_kd"):
         assert f"'{stage}'" in out, stage
     assert (root / "models/teacher/model.safetensors").exists()
     for run in ("finetune", "vanilla_kd"):
-        assert (root / f"models/students/{run}/model.safetensors").exists()
+        weights = [(root / f"models/students/{run}/seed-{seed}/model.safetensors").read_bytes() for seed in (42, 43)]
+        assert weights[0] != weights[1], f"{run}: its two seeds trained the same student"
         assert {"model.onnx", "model.int8.onnx", "tokenizer.json", "kdpipe.json"} <= \
             {p.name for p in (root / f"exports/{run}").iterdir()}
     assert not list(root.glob("**/.*.tmp-*")), "half-written artifacts left behind"
@@ -119,18 +121,23 @@ def test_metrics_compare_teacher_and_students(project):
     # the compact summary is the only DVC metrics file: one row per number, one column per model
     shown, _ = json.JSONDecoder().raw_decode(dvc("metrics", "show", "--json", root=root))  # stderr may follow
     files = next(iter(shown.values()))["data"]
-    assert set(files) == {f"metrics/summary/{n}.json" for n in ("dev", "retention", "int8", "int8_ms", "int8_mb")}
+    assert set(files) == {f"metrics/summary/{n}.json" for n in ("dev", "dev_std", "retention", "int8", "int8_ms",
+                                                                "int8_mb")}
     assert files["metrics/summary/dev.json"]["data"] == {"teacher": round(teacher["dev"]["accuracy"], 4),
                                                          **{r: round(report["students"][r]["dev"]["accuracy"], 4)
                                                             for r in ("finetune", "vanilla_kd")}}
-    table = dvc("exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|metrics/summary/dev", root=root)
+    table = dvc("exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|metrics/summary/dev.json", root=root)
     header = [cell.strip() for cell in table.splitlines()[0].strip().strip("|").split("|")]
     assert header[0] == "Experiment"  # the README's "which method won" filter: nothing else
     assert set(header[1:]) == {f"metrics/summary/dev.json:{m}" for m in ("teacher", "finetune", "vanilla_kd")}
+    # the run's score is the mean over its seeds, with their spread; the first seed is the one exported
+    per_seed = [kd["per_seed"][s]["dev"]["accuracy"] for s in ("42", "43")]
+    assert kd["seeds"] == [42, 43] and kd["dev"]["accuracy"] == pytest.approx(sum(per_seed) / 2)
+    assert kd["dev_std"]["accuracy"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
     export = json.loads((root / "metrics/export/vanilla_kd.json").read_text())
     assert export["parity"]["max_abs_diff"] <= 1e-4
-    assert export["fp32"]["dev"]["accuracy"] == pytest.approx(kd["dev"]["accuracy"], abs=1 / 48 + 1e-9)
-    assert (root / "plots/train/vanilla_kd.csv").exists() and (root / "plots/dev/teacher.csv").exists()
+    assert export["fp32"]["dev"]["accuracy"] == pytest.approx(per_seed[0], abs=1 / 48 + 1e-9)
+    assert (root / "plots/train/vanilla_kd/seed-43.csv").exists() and (root / "plots/dev/teacher.csv").exists()
 
 
 def test_the_report_answers_with_intervals_verdicts_and_per_example_predictions(project):
@@ -145,16 +152,20 @@ def test_the_report_answers_with_intervals_verdicts_and_per_example_predictions(
     assert kd["dev_interval"]["low"] <= kd["dev"]["accuracy"] <= kd["dev_interval"]["high"]
     assert kd["versus"]["finetune"]["verdict"] in {"better", "worse", "no detectable difference"}
     assert "vanilla_kd" not in kd["versus"]  # never compared with itself
+    # two seeds each: the pooled bootstrap decides; Almost Stochastic Order waits for three (unit-tested)
+    assert "aso" not in kd["versus"]["finetune"]
     # per-example predictions recompute the reported numbers without the models
-    frame = pd.read_parquet(root / "predictions/vanilla_kd.parquet")
+    frame = pd.read_parquet(root / "predictions/vanilla_kd/seed-43.parquet")
     dev = frame[frame.split == "dev"]
     assert len(dev) == 48 and set(frame.split) == {"dev", "test"}
-    assert (dev.prediction == dev.label).mean() == pytest.approx(kd["dev"]["accuracy"])
-    assert {p.stem for p in (root / "predictions").iterdir()} == {"teacher", "finetune", "vanilla_kd"}
-    training = json.loads((root / "metrics/distill/vanilla_kd.json").read_text())
+    assert (dev.prediction == dev.label).mean() == pytest.approx(kd["per_seed"]["43"]["dev"]["accuracy"])
+    assert {str(p.relative_to(root / "predictions")) for p in (root / "predictions").rglob("*.parquet")} == \
+        {"teacher.parquet", *(f"{r}/seed-{s}.parquet" for r in ("finetune", "vanilla_kd") for s in (42, 43))}
+    training = json.loads((root / "metrics/distill/vanilla_kd/seed-42.json").read_text())
     assert training["train_seconds"] > 0 and training["total_steps"] == training["steps"]
     md = (root / "reports/report.md").read_text()
     assert md.startswith("# Distillation report: tweets") and "vs finetune" in md and "## Limits" in md
+    assert "(n=2)" in md and "2 seed(s) per run" in md
     assert "![Dev score vs the shipped model's latency](tradeoff.png)" in md and (root / "reports/tradeoff.png").is_file()
     page = (root / "reports/report.html").read_text()
     assert "data:image/png;base64," in page  # renders offline: no external resource, no script
@@ -173,8 +184,10 @@ def test_mlflow_has_one_parent_with_a_child_per_stage_and_method(project):
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{first.info.run_id}'")
     names = {c.info.run_name for c in children}
-    assert {"data", "teacher", "distill/finetune", "distill/vanilla_kd", "evaluate", "export/finetune", "export/vanilla_kd"} <= names
-    kd = next(c for c in children if c.info.run_name == "distill/vanilla_kd")
+    assert {"data", "teacher", "distill/finetune/seed-42", "distill/vanilla_kd/seed-42", "distill/vanilla_kd/seed-43",
+            "evaluate", "export/finetune", "export/vanilla_kd"} <= names
+    kd = next(c for c in children if c.info.run_name == "distill/vanilla_kd/seed-43")
+    assert kd.data.tags["kdpipe.seed"] == "43" and kd.data.params["student_seed"] == "43"
     assert kd.data.tags["kdpipe.method"] == "vanilla_kd"
     assert kd.data.tags.get("mlflow.source.git.commit")
     assert "run.temperature" in kd.data.params
@@ -251,8 +264,8 @@ def test_readme_commands_run_as_written(project):
         "label"] in {"negative", "neutral", "positive"}
     # the experiment re-runs only that student (and what reads it), never the teacher
     ran = set(re.findall(r"Running stage '([^']+)'", by_start("dvc exp run -S distill.runs.vanilla_kd")))
-    assert {"distill@vanilla_kd", "export@vanilla_kd", "evaluate", "summary"} <= ran
-    assert not ran & {"teacher", "distill@finetune", "data"}
+    assert {"distill@vanilla_kd-42", "distill@vanilla_kd-43", "export@vanilla_kd", "evaluate", "summary"} <= ran
+    assert not ran & {"teacher", "distill@finetune-42", "distill@finetune-43", "data"}
     # `dvc exp show` draws for a terminal (a pipe gets 80 columns of "…"): it ran without error
     # above, and the columns its filter keeps are checked through --md in test_metrics_compare_...
 
@@ -282,11 +295,11 @@ def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path)
     prepare_data(params, tmp_path, tmp_path / "data")
     teacher = train_teacher(params, tmp_path / "data", tmp_path / "teacher", tmp_path / "ck/t", tmp_path / "plots")
     assert set(teacher["best_dev"]) >= {"pearson", "spearman", "loss"}
-    distill(params, "kd", tmp_path / "data", tmp_path / "teacher", tmp_path / "students/kd", tmp_path / "ck/kd",
-            tmp_path / "plots")
+    distill(params, "kd", tmp_path / "data", tmp_path / "teacher", tmp_path / "students/kd/seed-1",
+            tmp_path / "ck/kd", tmp_path / "plots", seed=1)
     report = evaluate_models(params, tmp_path / "data", tmp_path / "teacher", tmp_path / "students")
     assert report["main_metric"] == "pearson" and "spearman" in report["students"]["kd"]["dev"]
-    export = export_student(params, tmp_path / "students/kd", tmp_path / "data", tmp_path / "export")
+    export = export_student(params, tmp_path / "students/kd/seed-1", tmp_path / "data", tmp_path / "export")
     assert export["parity"]["max_abs_diff"] <= 1e-4
     from kdpipe.evaluation.table import comparison_table
     table = comparison_table(report, {"kd": export}).splitlines()
@@ -294,6 +307,7 @@ def test_stsb_regression_through_the_python_api(tmp_path, glue_dir, minilm_path)
     assert export["fp32"]["dev"]["pearson"] == pytest.approx(report["students"]["kd"]["dev"]["pearson"], abs=1e-3)
 
 
+@pytest.mark.heavy  # pytest -m heavy
 def test_two_processes_train_one_teacher(project, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo on CPU): batches are sharded, dev metrics gathered over
     the whole split, and rank 0 alone writes the model, the metrics and the MLflow run."""
@@ -319,6 +333,7 @@ def test_two_processes_train_one_teacher(project, tmp_path):
     assert len(runs) == 1
 
 
+@pytest.mark.heavy  # pytest -m heavy
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C on dvc repro; kill / a scheduler
 def test_a_killed_teacher_stage_resumes_from_its_checkpoint(project, tmp_path, signal_name):
     import signal

@@ -17,7 +17,7 @@ import pytest
 
 from test_e2e import _env, dvc, make_project, tiny_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # pytest -m heavy
 
 RUNS = {"pea": {"method": "pea_kd"}}  # PTP, SPS, the teacher cache: every stage kind in one run
 SEED = 20261202  # the kill points are drawn from this
@@ -44,7 +44,7 @@ def fingerprint(root: Path) -> dict[str, str]:
             continue
         out[str(f.relative_to(root))] = json.dumps(strip(json.loads(f.read_text())), sort_keys=True)
     for pattern in ("models/**/*.safetensors", "data/prepared/*.parquet", "data/teacher_outputs/*.npy",
-                    "plots/train/*.csv", "plots/dev/*.csv"):
+                    "plots/train/**/*.csv", "plots/dev/**/*.csv"):
         for f in sorted(root.glob(pattern)):
             out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
@@ -120,7 +120,7 @@ def test_every_stage_kind_killed_at_a_random_point_then_repro_matches(reference,
         ("teacher", step_reached(root, "checkpoints/teacher", draw.randint(1, steps - 1))),
         ("teacher_outputs", "teacher_outputs"),
         ("ptp", step_reached(root, "checkpoints/ptp/L2_uniform_sps-upper_swap", draw.randint(1, steps - 1))),
-        ("distill@pea", step_reached(root, "checkpoints/distill/pea", draw.randint(1, steps - 1))),
+        ("distill@pea-1", step_reached(root, "checkpoints/distill/pea/seed-1", draw.randint(1, steps - 1))),
         ("export@pea", "pea"),
     ]
     for stage, ready in kills:
@@ -128,7 +128,7 @@ def test_every_stage_kind_killed_at_a_random_point_then_repro_matches(reference,
             dvc("repro", "evaluate", root=root)
         kill_during(root, stage, ready)
         target = {"data": "data/prepared", "teacher": "models/teacher", "teacher_outputs": "data/teacher_outputs",
-                  "ptp": "models/ptp", "distill@pea": "models/students/pea", "export@pea": "exports/pea"}[stage]
+                  "ptp": "models/ptp", "distill@pea-1": "models/students/pea/seed-1", "export@pea": "exports/pea"}[stage]
         assert not (root / target).exists(), f"{stage}: a killed first run left {target}"
         if stage in ("data", "teacher_outputs", "export@pea"):
             assert list(root.glob(f"{Path(target).parent}/.{Path(target).name}.tmp-*")), "no kill before the rename"

@@ -11,7 +11,7 @@ import pytest
 
 from test_e2e import dvc, make_project, tiny_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # pytest -m heavy
 
 RUNS = {
     "pkd": {"method": "pkd", "beta": 100.0},
@@ -36,14 +36,14 @@ def methods_project(tmp_path_factory, glue_dir, minilm_path):
 
 
 def summary(root, run):
-    return json.loads((root / f"metrics/distill/{run}.json").read_text())
+    return json.loads((root / f"metrics/distill/{run}/seed-1.json").read_text())
 
 
 def test_every_method_runs_as_a_stage_and_is_compared(methods_project):
     root, out = methods_project
     for run in RUNS:
-        assert f"'distill@{run}'" in out, run
-        assert (root / f"models/students/{run}/model.safetensors").exists()
+        assert f"'distill@{run}-1'" in out, run
+        assert (root / f"models/students/{run}/seed-1/model.safetensors").exists()
     report = json.loads((root / "metrics/evaluate.json").read_text())
     assert report["main_metric"] == "f1" and set(report["students"]) == set(RUNS)
     for run, r in report["students"].items():
@@ -82,7 +82,7 @@ def test_tinybert_trains_its_two_phases_in_order(methods_project):
     s = summary(root, "tinybert")
     assert list(s["phases"]) == ["ild", "pred"]
     assert s["phases"]["ild"]["train"]["schedule"] == "constant" and s["phases"]["ild"]["selected"] == "last"
-    rows = (root / "plots/train/tinybert.csv").read_text().splitlines()
+    rows = (root / "plots/train/tinybert/seed-1.csv").read_text().splitlines()
     header = rows[0].split(",")
     phases = [r.split(",")[header.index("phase")] for r in rows[1:]]
     assert phases == sorted(phases, key=["ild", "pred"].index) and set(phases) == {"ild", "pred"}
@@ -99,16 +99,16 @@ def test_each_method_is_a_child_mlflow_run(methods_project):
     parent = client.search_runs([exp.experiment_id], filter_string="tags.`kdpipe.kind` = 'pipeline'")[0]
     children = {c.info.run_name: c for c in client.search_runs(
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
-    assert {f"distill/{run}" for run in RUNS} | {"teacher_outputs"} <= set(children)
+    assert {f"distill/{run}/seed-1" for run in RUNS} | {"teacher_outputs"} <= set(children)
     for run, cfg in RUNS.items():
-        assert children[f"distill/{run}"].data.tags["kdpipe.method"] == cfg["method"]
-    artifacts = {a.path for a in client.list_artifacts(children["distill/rail_l"].info.run_id)}
+        assert children[f"distill/{run}/seed-1"].data.tags["kdpipe.method"] == cfg["method"]
+    artifacts = {a.path for a in client.list_artifacts(children["distill/rail_l/seed-1"].info.run_id)}
     assert {"layer_mapping.txt", "epoch_records_main.txt"} <= artifacts
     # each tinybert phase is a run nested in the stage's run, with its own curves
-    tiny = children["distill/tinybert"].info.run_id
+    tiny = children["distill/tinybert/seed-1"].info.run_id
     phases = {c.info.run_name: c.info.run_id for c in client.search_runs(
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tiny}'")}
-    assert set(phases) == {"tinybert/ild", "tinybert/pred"}
-    assert client.get_metric_history(phases["tinybert/ild"], "train/attention")
-    assert client.get_metric_history(phases["tinybert/pred"], "dev/f1")
-    assert (root / "plots/phases/tinybert/ild_train.csv").exists()
+    assert set(phases) == {"tinybert/seed-1/ild", "tinybert/seed-1/pred"}
+    assert client.get_metric_history(phases["tinybert/seed-1/ild"], "train/attention")
+    assert client.get_metric_history(phases["tinybert/seed-1/pred"], "dev/f1")
+    assert (root / "plots/phases/tinybert/seed-1/ild_train.csv").exists()

@@ -12,7 +12,7 @@ import yaml
 
 from test_e2e import dvc, make_project, sh, tiny_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # pytest -m heavy
 
 RUNS = {"pea": {"method": "pea_kd"}, "pea_no_sps": {"method": "pea_kd", "student": {"sps": None}}}
 
@@ -46,14 +46,14 @@ def test_ptp_stage_labels_with_task_thresholds_and_trains_each_architecture(pea_
 
 def test_pea_kd_distils_an_sps_student_from_the_ptp_encoder(pea_project):
     root, _, _ = pea_project
-    pea, plain = read(root, "metrics/distill/pea.json"), read(root, "metrics/distill/pea_no_sps.json")
+    pea, plain = read(root, "metrics/distill/pea/seed-1.json"), read(root, "metrics/distill/pea_no_sps/seed-1.json")
     assert pea["student"]["init_source"] == "ptp:L3_uniform_sps-upper_swap"
     assert plain["student"]["init_source"] == "ptp:L3_uniform_plain"
     assert pea["student"]["effective_layers"] == 6 and plain["student"]["effective_layers"] == 3
     assert pea["student"]["parameters"] == plain["student"]["parameters"]  # SPS adds no parameters
     assert [r["teacher_layers"] for r in pea["mapping"]] == ["1", "2", "3", "4", "5"]
     assert [r["teacher_layers"] for r in plain["mapping"]] == ["2", "4"]
-    config = read(root, "models/students/pea/config.json")
+    config = read(root, "models/students/pea/seed-1/config.json")
     assert len(config["id2label"]) == 2  # the 4-way PTP head was dropped for the task's
 
 
@@ -92,5 +92,5 @@ def test_changing_another_run_reuses_the_ptp_students(pea_project):
     params["distill"]["runs"]["pea_no_sps"]["beta"] = 10.0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     out = dvc("repro", "evaluate", root=root)
-    assert "Running stage 'ptp'" in out and "Running stage 'distill@pea_no_sps'" in out
-    assert "Running stage 'distill@pea'" not in out
+    assert "Running stage 'ptp'" in out and "Running stage 'distill@pea_no_sps-1'" in out
+    assert "Running stage 'distill@pea-1'" not in out

@@ -11,7 +11,7 @@ import pytest
 
 from test_e2e import dvc, make_project, tiny_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # pytest -m heavy
 
 RUNS = {
     "mlkd": {"method": "mlkd", "student": {"attention_heads": 3},
@@ -32,7 +32,7 @@ def relations_project(tmp_path_factory, glue_dir, minilm_path):
 
 
 def summary(root, run):
-    return json.loads((root / f"metrics/distill/{run}.json").read_text())
+    return json.loads((root / f"metrics/distill/{run}/seed-1.json").read_text())
 
 
 def test_data_options_shape_the_prepared_train_split(relations_project):
@@ -49,7 +49,7 @@ def test_data_options_shape_the_prepared_train_split(relations_project):
 def test_both_methods_train_two_phases_and_are_evaluated(relations_project):
     root, out = relations_project
     for run in RUNS:
-        assert f"'distill@{run}'" in out and f"'export@{run}'" in out
+        assert f"'distill@{run}-1'" in out and f"'export@{run}'" in out
         s = summary(root, run)
         assert list(s["phases"]) == ["ild", "pred"] and s["phases"]["ild"]["selected"] == "last"
         assert s["teacher_signal"] == {"ild": "live", "pred": "cache"}
@@ -82,7 +82,7 @@ def test_the_mlkd_student_runs_and_exports_with_its_own_head_count(relations_pro
     assert export["parity"]["max_abs_diff"] < 1e-4
     # The ONNX graph computes 3-head attention: it matches the 3-head model, not the same
     # weights run with 12 heads.
-    student_dir = root / "models/students/mlkd"
+    student_dir = root / "models/students/mlkd/seed-1"
     model = load_classifier(student_dir).eval()
     tokenizer = load_tokenizer(student_dir)
     dev = pd.read_parquet(root / "data/prepared/dev.parquet").head(8)
@@ -103,17 +103,17 @@ def test_each_phase_is_a_nested_mlflow_run_with_its_losses(relations_project):
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("e2e")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    expected = {"mlkd/ild": {"train/emb", "train/mha", "train/ffn"}, "mlkd/pred": {"train/ss", "train/sc", "train/kd"},
-                "cr_ild/ild": {"train/attention", "train/hidden", "train/consistency", "train/mixup_lambda"},
-                "cr_ild/pred": {"train/kd", "dev/f1"}, "cr_ild_released/ild": {"train/qkv"}}
+    expected = {"mlkd/seed-1/ild": {"train/emb", "train/mha", "train/ffn"}, "mlkd/seed-1/pred": {"train/ss", "train/sc", "train/kd"},
+                "cr_ild/seed-1/ild": {"train/attention", "train/hidden", "train/consistency", "train/mixup_lambda"},
+                "cr_ild/seed-1/pred": {"train/kd", "dev/f1"}, "cr_ild_released/seed-1/ild": {"train/qkv"}}
     for name, metrics in expected.items():
         run = runs[name]
-        stage = runs[f"distill/{name.split('/')[0]}"]
+        stage = runs[f"distill/{name.rsplit('/', 1)[0]}"]
         assert run.data.tags["mlflow.parentRunId"] == stage.info.run_id, name
         assert metrics <= set(run.data.metrics), (name, sorted(run.data.metrics))
-    assert "train/consistency" not in runs["cr_ild_released/ild"].data.metrics  # the released script: no CR
+    assert "train/consistency" not in runs["cr_ild_released/seed-1/ild"].data.metrics  # the released script: no CR
     # lambda in [0.5, 1]; the consistency weight ramps from 0 (epoch 0) to w/2 (epoch 1 of 2)
-    cr = runs["cr_ild/ild"].info.run_id
+    cr = runs["cr_ild/seed-1/ild"].info.run_id
     lam = [m.value for m in client.get_metric_history(cr, "train/mixup_lambda")]
     assert lam and all(0.5 <= v <= 1 for v in lam)
     weights = [m.value for m in client.get_metric_history(cr, "train/consistency_weight")]
@@ -125,6 +125,6 @@ def test_each_phase_has_its_own_dvc_plot(relations_project):
     for run in RUNS:
         for phase in ("ild", "pred"):
             for kind in ("train", "dev"):
-                assert (root / f"plots/phases/{run}/{phase}_{kind}.csv").exists(), (run, phase, kind)
+                assert (root / f"plots/phases/{run}/seed-1/{phase}_{kind}.csv").exists(), (run, phase, kind)
     shown = json.loads(dvc("plots", "show", "--json", root=root))
-    assert "plots/phases/mlkd/ild_train.csv" in shown["data"] and "plots/phases/cr_ild/pred_dev.csv" in shown["data"]
+    assert "plots/phases/mlkd/seed-1/ild_train.csv" in shown["data"] and "plots/phases/cr_ild/seed-1/pred_dev.csv" in shown["data"]

@@ -93,15 +93,20 @@ def test_write_manifests_lays_out_one_file_per_reader(own):
     assert json.loads((own / "data/inputs/distill/tb.json").read_text())["files"][0]["path"] == "own/extra.txt"
 
 
-def test_reports_and_curves_of_dropped_runs_are_removed_and_the_rest_kept(own):
+def test_reports_and_curves_of_dropped_runs_and_seeds_are_removed_and_the_rest_kept(own):
     from kdpipe.pipeline.inputs import remove_dropped_runs
 
-    files = ["metrics/distill/kd.json", "metrics/distill/old.json", "metrics/export/old.json",
-             "plots/train/teacher.csv", "plots/train/old.csv", "plots/dev/tb.csv", "metrics/teacher.json"]
+    files = ["metrics/distill/kd/seed-42.json", "metrics/distill/kd/seed-7.json", "metrics/distill/old/seed-42.json",
+             "metrics/export/old.json", "metrics/export/kd.json", "plots/train/teacher.csv",
+             "plots/train/old/seed-42.csv", "plots/dev/tb/seed-42.csv", "plots/dev/tb/seed-7.csv",
+             "metrics/teacher.json"]
     for f in files:
         (own / f).parent.mkdir(parents=True, exist_ok=True)
         (own / f).write_text("x")
-    assert remove_dropped_runs(_params(), own) == ["metrics/distill/old.json", "metrics/export/old.json",
-                                                   "plots/train/old.csv"]
-    assert {f for f in files if (own / f).exists()} == {"metrics/distill/kd.json", "plots/train/teacher.csv",
-                                                        "plots/dev/tb.csv", "metrics/teacher.json"}
+    assert _params().distill.seeds == [42]
+    assert remove_dropped_runs(_params(), own) == ["metrics/distill/kd/seed-7.json", "metrics/distill/old",
+                                                   "metrics/export/old.json", "plots/train/old",
+                                                   "plots/dev/tb/seed-7.csv"]
+    assert {f for f in files if (own / f).exists()} == {"metrics/distill/kd/seed-42.json", "metrics/export/kd.json",
+                                                        "plots/train/teacher.csv", "plots/dev/tb/seed-42.csv",
+                                                        "metrics/teacher.json"}

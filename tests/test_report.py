@@ -10,8 +10,8 @@ from kdpipe.evaluation import report as rep
 from kdpipe.files import write_json
 
 
-def _model(dev, method=None, low=None, high=None, layers=3, versus=None):
-    r = {"dev": {"accuracy": dev}, "parameters": 17_000_000 if method else 22_000_000, "layers": layers,
+def _model(dev, method=None, low=None, high=None, layers=3, versus=None, seeds=(1,), std=0.0):
+    r = {"dev": {"accuracy": dev}, "dev_std": {"accuracy": std}, "seeds": list(seeds), "parameters": 17_000_000 if method else 22_000_000, "layers": layers,
          "physical_layers": layers, "latency_ms": {"batch_1": 4.0, "batch_32": 40.0},
          "retention_pct": {"dev": round(100 * dev / 0.70, 2)}, "versus": versus or {}}
     if low is not None:
@@ -36,8 +36,8 @@ EVALUATION = {
         "vanilla_kd": _model(0.68, "vanilla_kd", 0.65, 0.71, versus={
             "finetune": _vs("finetune", 0.02, 0.0, 0.04, "no detectable difference"),
             "best": _vs("pkd", -0.03, -0.05, 0.001, "no detectable difference")}),
-        "pkd": _model(0.71, "pkd", 0.68, 0.74, versus={
-            "finetune": _vs("finetune", 0.05, 0.03, 0.07, "better"),
+        "pkd": _model(0.71, "pkd", 0.68, 0.74, seeds=(1, 2, 3), std=0.012, versus={
+            "finetune": {**_vs("finetune", 0.05, 0.03, 0.07, "better"), "aso": 0.0},
             "vanilla_kd": _vs("vanilla_kd", 0.03, -0.001, 0.05, "no detectable difference")}),
     },
 }
@@ -52,6 +52,8 @@ EXPORTS = {"finetune": _export(0.66, 0.8), "vanilla_kd": _export(0.675, 0.7), "p
 TRAININGS = {"finetune": {"train_seconds": 100.0, "total_steps": 100, "student": {"init_source": "teacher"}},
              "vanilla_kd": {"train_seconds": 110.0, "total_steps": 100, "student": {"init_source": "teacher"}},
              "pkd": {"train_seconds": 300.0, "total_steps": 200, "student": {"init_source": "teacher"}}}
+# pkd's three seeds: what metrics/distill/pkd/seed-<s>.json hold (training time averaged: 300 s)
+SEED_SECONDS = {"finetune": [100.0], "vanilla_kd": [110.0], "pkd": [290.0, 300.0, 310.0]}
 
 
 def test_rows_carry_the_shipped_model_and_the_cost():
@@ -60,10 +62,12 @@ def test_rows_carry_the_shipped_model_and_the_cost():
     pkd = rows[3]
     assert (pkd.int8_dev, pkd.int8_ms["batch_1"], pkd.int8_mb, pkd.total_steps) == (0.70, 0.9, 17.0, 200)
     cells = rep.results_table(rows, "accuracy")
-    assert cells[0][4] == "dev accuracy [95% CI]" and cells[4][4] == "0.710 [0.680, 0.740]"
+    assert cells[0][4] == "dev accuracy mean ± std (seeds) [95% CI]"
+    assert cells[4][4] == "0.710 ± 0.012 (n=3) [0.680, 0.740]" and cells[3][4] == "0.680 [0.650, 0.710]"
     # 300 s / 200 steps against finetune's 100 s / 100 steps: 1.5x per step
     assert cells[4][-1] == "300 s / 200 steps (1.5x/step)"
-    assert cells[4][6] == "+0.050 [+0.030, +0.070] better"
+    assert cells[4][6] == "+0.050 [+0.030, +0.070] better; ASO ε 0.00"
+    assert cells[4][7] == "+0.030 [-0.001, +0.050] no detectable difference"  # ASO only where both have seeds
     assert cells[1][6] == "-" and cells[1][9] == "-"  # the teacher has no baseline and no export here
 
 
@@ -75,7 +79,7 @@ def test_pareto_front_keeps_only_undominated_models():
 
 def test_headline_says_better_worse_and_ties_never_a_bare_ranking():
     lines = rep.headline(rep.report_rows(EVALUATION, EXPORTS, TRAININGS), EVALUATION)
-    assert lines[0].startswith("Best dev accuracy: **pkd** (pkd) at 0.710 [0.680, 0.740]")
+    assert lines[0].startswith("Best dev accuracy: **pkd** (pkd) at 0.710 ± 0.012 (n=3) [0.680, 0.740]")
     assert "Against the no-KD student (finetune): better: pkd; none is worse; no detectable difference for 1 of 2" \
         in lines[1]
     assert "Against vanilla KD: none is better; none is worse; no detectable difference for 2 of 2" in lines[2]
@@ -84,16 +88,18 @@ def test_headline_says_better_worse_and_ties_never_a_bare_ranking():
 
 def test_report_files_render_offline(tmp_path):
     (tmp_path / "metrics/export").mkdir(parents=True)
-    (tmp_path / "metrics/distill").mkdir()
     write_json(tmp_path / "metrics/evaluate.json", EVALUATION)
     for run in EXPORTS:
         write_json(tmp_path / f"metrics/export/{run}.json", EXPORTS[run])
-        write_json(tmp_path / f"metrics/distill/{run}.json", TRAININGS[run])
+        for seed, seconds in zip(EVALUATION["students"][run]["seeds"], SEED_SECONDS[run]):
+            write_json(tmp_path / f"metrics/distill/{run}/seed-{seed}.json", {**TRAININGS[run], "train_seconds": seconds})
+    _, _, trainings = rep.read_reports(tmp_path)
+    assert trainings == TRAININGS  # the first seed's report, its time the mean over seeds
     from kdpipe.pipeline.summary import write_report
     rows = write_report(tmp_path, tmp_path / "reports", {"seeds": 1, "machine": "2 cores"})
     assert len(rows) == 4
     md = (tmp_path / "reports/report.md").read_text()
-    assert "| pkd | pkd | 3 | 17.0 | 0.710 [0.680, 0.740] |" in md and "![" in md and rep.LIMITS in md
+    assert "| pkd | pkd | 3 | 17.0 | 0.710 ± 0.012 (n=3) [0.680, 0.740] |" in md and "![" in md and rep.LIMITS in md
     page = (tmp_path / "reports/report.html").read_text()
     assert page.count("data:image/png;base64,") == 1
     assert not re.search(r"(src|href)=['\"]?https?:|<script|<link", page)  # renders offline

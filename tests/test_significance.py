@@ -87,3 +87,62 @@ def test_metric_interval_matches_the_binomial_interval_of_accuracy():
     assert value == pytest.approx(0.8)
     assert low == pytest.approx(0.8 - 0.0248, abs=0.004) and high == pytest.approx(0.8 + 0.0248, abs=0.004)
     assert metric_interval(BINARY, labels, labels) == (1.0, 1.0, 1.0)  # no spread: the point itself
+
+
+def _flip_right_answers(pred, gold, share, seed):
+    out = pred.copy()
+    right = np.flatnonzero(pred == gold)
+    flipped = np.random.default_rng(seed).choice(right, int(len(right) * share), replace=False)
+    out[flipped] = 1 - out[flipped]
+    return out
+
+
+def test_seeds_pool_their_predictions_and_every_seed_sees_the_same_examples():
+    from kdpipe.evaluation.significance import metric_interval, seed_values
+
+    gold, good = _clearly_better_model(n=600)
+    seeds = [_flip_right_answers(good, gold, 0.02 * k, seed=k) for k in (1, 2, 3)]  # three seeds of one run
+    value, low, high = metric_interval(BINARY, seeds, gold)
+    assert value == pytest.approx(np.mean([(s == gold).mean() for s in seeds]))  # accuracy pooled = seed mean
+    assert low < value < high
+    assert seed_values(BINARY, seeds).shape == (3, 600)
+    # a run against itself, seed for seed: no difference at all
+    same = paired_difference(BINARY, seeds, [s.copy() for s in seeds], gold)
+    assert (same.observed, same.low, same.high, same.verdict) == (0.0, 0.0, 0.0, TIE)
+    # three seeds that each flip a fifth of the better run's right answers: worse, whatever its seed count
+    worse = [_flip_right_answers(good, gold, 0.2, seed=10 + k) for k in range(3)]
+    d = paired_difference(BINARY, worse, seeds[:2], gold)
+    assert d.verdict == WORSE and d.high < 0
+    assert d.observed == pytest.approx(np.mean([(w == gold).mean() for w in worse])
+                                       - np.mean([(s == gold).mean() for s in seeds[:2]]))
+    # the interval resamples examples, not (seed, example) pairs: pooling copies of one seed is not evidence
+    one = paired_difference(BINARY, worse[0], seeds[0], gold)
+    copies = paired_difference(BINARY, [worse[0]] * 3, [seeds[0]] * 3, gold)
+    assert (copies.low, copies.high) == pytest.approx((one.low, one.high))
+    with pytest.raises(ValueError, match="same examples"):
+        seed_values(BINARY, [good, good[:10]])
+
+
+def test_evaluate_compares_runs_over_their_seeds_and_adds_aso_from_three_seeds():
+    from kdpipe.pipeline.evaluate import add_comparisons, combine_seeds
+
+    gold, good = _clearly_better_model(n=400)
+    runs = {"finetune": [_flip_right_answers(good, gold, 0.25, seed=20 + k) for k in range(3)],
+            "vanilla_kd": [_flip_right_answers(good, gold, 0.01 * k, seed=k) for k in range(3)],
+            "pkd": [_flip_right_answers(good, gold, 0.01 * k, seed=k) for k in range(2)]}  # two seeds only
+    acc = lambda pred: float((pred == gold).mean())  # noqa: E731
+    students = {}
+    for name, preds in runs.items():
+        students[name] = combine_seeds({7 + k: {"dev": {"accuracy": acc(p)}} for k, p in enumerate(preds)})
+        students[name]["method"] = name
+    report = {"main_metric": "accuracy", "teacher": {"dev": {"accuracy": acc(good)}}, "students": students}
+    kd = students["vanilla_kd"]
+    assert kd["seeds"] == [7, 8, 9] and kd["dev"]["accuracy"] == pytest.approx(np.mean([acc(p) for p in runs["vanilla_kd"]]))
+    assert kd["dev_std"]["accuracy"] == pytest.approx(np.std([acc(p) for p in runs["vanilla_kd"]], ddof=1))
+    add_comparisons(report, BINARY, {"teacher": [good], **runs}, gold)
+    assert report["comparisons"] == {"finetune": "finetune", "vanilla_kd": "vanilla_kd", "best": "pkd"}
+    versus = kd["versus"]["finetune"]
+    assert versus["verdict"] == BETTER and versus["aso"] < ASO_THRESHOLD  # three seeds each, clearly better
+    assert students["finetune"]["versus"]["vanilla_kd"]["verdict"] == WORSE
+    assert "aso" not in kd["versus"]["best"]  # pkd has two seeds
+    assert "vanilla_kd" not in kd["versus"]

@@ -26,11 +26,14 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
 def plot_curves(plots_dir: Path, names: list[str], main_metric: str, out: Path) -> None:
     """Training loss and dev ``main_metric`` against step, one line per model.  Methods' losses
     are different quantities (CE, KL at T=10, MSE of hidden states ...), so each is drawn relative
-    to its own first logged value: the panel compares how fast each falls, not their sizes."""
+    to its own first logged value: the panel compares how fast each falls, not their sizes.
+    ``names``: curve files under plots/train and plots/dev (a student's: ``<run>/seed-<seed>``,
+    drawn as ``<run>``)."""
     plt = _pyplot()
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name in names:
-        train, dev = plots_dir / "train" / f"{name}.csv", plots_dir / "dev" / f"{name}.csv"
+    for curve in names:
+        train, dev = plots_dir / "train" / f"{curve}.csv", plots_dir / "dev" / f"{curve}.csv"
+        name = curve.split("/seed-")[0]
         if train.exists():
             rows = [r for r in _read_csv(train) if "loss" in r]
             if rows and rows[0]["loss"]:

@@ -4,7 +4,9 @@ Torch-free: it reads the stage reports (evaluate, export, distill) and writes Ma
 self-contained HTML page (charts embedded as data URIs, so it renders offline).  Every score is
 shown with its 95 % bootstrap interval over dev examples, and every comparison with a verdict
 from ``evaluation.significance`` ("better", "worse", "no detectable difference"), never a bare
-ranking.  Single seed for now: the interval is the dev set's sampling noise, not training noise.
+ranking.  A run trained under several seeds shows its mean ± standard deviation over seeds (n
+beside it); its interval and comparisons pool the seeds' predictions, and Almost Stochastic Order
+over the per-seed scores (ε_min) is shown beside each verdict.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE
 
 REPORT_DIR = "reports"
 
-LIMITS = ("What these numbers do not show: one task and one seed per run (the intervals are the dev "
-          "set's sampling noise, not the spread over training seeds); CPU-sized data (a few thousand "
+LIMITS = ("What these numbers do not show: one task, and few seeds per run (the intervals are the dev "
+          "set's sampling noise with the seeds pooled; the ± is the spread over those few seeds, itself "
+          "uncertain); CPU-sized data (a few thousand "
           "training examples, two epochs), where students initialised from the fine-tuned teacher can "
           "match or pass it; a small teacher (all-MiniLM-L6-v2, 6 layers, 384 wide), so a 3-layer student "
           "compresses it only about 1.3x in parameters; and latency of one CPU, at batch 1 and 32, "
@@ -34,7 +37,7 @@ class Row:
 
     name: str
     method: str
-    dev: float
+    dev: float                                       # mean over seeds
     dev_low: float | None
     dev_high: float | None
     retention: float | None
@@ -48,6 +51,8 @@ class Row:
     train_seconds: float | None = None
     total_steps: int | None = None
     init: str | None = None
+    dev_std: float = 0.0                             # sample standard deviation over seeds
+    seeds: int = 1
 
 
 def read_reports(root: Path) -> tuple[dict, dict[str, dict], dict[str, dict]]:
@@ -55,10 +60,12 @@ def read_reports(root: Path) -> tuple[dict, dict[str, dict], dict[str, dict]]:
 
     evaluation, exports = read_comparison(Path(root) / "metrics")
     trainings = {}
-    for name in evaluation["students"]:
-        path = Path(root) / "metrics" / "distill" / f"{name}.json"
-        if path.is_file():
-            trainings[name] = json.loads(path.read_text())
+    for name, r in evaluation["students"].items():
+        found = [json.loads(p.read_text()) for seed in r.get("seeds", [])
+                 if (p := Path(root) / "metrics" / "distill" / name / f"seed-{seed}.json").is_file()]
+        if found:  # the first seed's report, with the training time averaged over the seeds
+            seconds = [t["train_seconds"] for t in found if t.get("train_seconds") is not None]
+            trainings[name] = {**found[0], "train_seconds": sum(seconds) / len(seconds) if seconds else None}
     return evaluation, exports, trainings
 
 
@@ -69,7 +76,8 @@ def report_rows(evaluation: dict, exports: dict[str, dict], trainings: dict[str,
         interval = r.get("dev_interval", {})
         row = Row(name=name, method=r.get("method", "teacher"), dev=r["dev"][main], dev_low=interval.get("low"),
                   dev_high=interval.get("high"), retention=r.get("retention_pct", {}).get("dev", 100.0 if name == "teacher" else None),
-                  parameters=r["parameters"], layers=depth_label(r), versus=r.get("versus", {}))
+                  parameters=r["parameters"], layers=depth_label(r), versus=r.get("versus", {}),
+                  dev_std=r.get("dev_std", {}).get(main, 0.0), seeds=len(r.get("seeds", [None])))
         shipped = exports.get(name, {})
         variant = shipped_variant(shipped)
         if variant:
@@ -93,7 +101,15 @@ def _versus(v: dict | None, digits: int = 3) -> str:
     if not v:
         return "-"
     sign = "+" if v["difference"] >= 0 else ""
-    return f"{sign}{v['difference']:.{digits}f} [{v['low']:+.{digits}f}, {v['high']:+.{digits}f}] {v['verdict']}"
+    aso = f"; ASO ε {v['aso']:.2f}" if v.get("aso") is not None else ""
+    return f"{sign}{v['difference']:.{digits}f} [{v['low']:+.{digits}f}, {v['high']:+.{digits}f}] {v['verdict']}{aso}"
+
+
+def _score(row: Row) -> str:
+    """mean ± std (n seeds) [95 % interval]; a single model: value [interval]."""
+    spread = f" ± {row.dev_std:.3f} (n={row.seeds})" if row.seeds > 1 else ""
+    ci = f" [{_num(row.dev_low)}, {_num(row.dev_high)}]" if row.dev_low is not None else ""
+    return f"{row.dev:.3f}{spread}{ci}"
 
 
 def _cost(row: Row, base: Row | None) -> str:
@@ -109,13 +125,12 @@ def _cost(row: Row, base: Row | None) -> str:
 def results_table(rows: list[Row], main: str) -> list[list[str]]:
     """The report's main table as cells, header first (Markdown and HTML render the same cells)."""
     base = next((r for r in rows if r.method == "finetune"), None)
-    head = ["model", "method", "layers", "params (M)", f"dev {main} [95% CI]", "retention %",
+    head = ["model", "method", "layers", "params (M)", f"dev {main} mean ± std (seeds) [95% CI]", "retention %",
             "vs finetune", "vs vanilla_kd", "int8 MB", "int8 ms b1", "int8 ms b32", f"int8 dev {main}",
             "training (per step vs finetune)"]
     body = []
     for r in rows:
-        ci = f" [{_num(r.dev_low)}, {_num(r.dev_high)}]" if r.dev_low is not None else ""
-        body.append([r.name, r.method, r.layers, f"{r.parameters / 1e6:.1f}", f"{r.dev:.3f}{ci}", _num(r.retention, 1),
+        body.append([r.name, r.method, r.layers, f"{r.parameters / 1e6:.1f}", _score(r), _num(r.retention, 1),
                      _versus(r.versus.get("finetune")), _versus(r.versus.get("vanilla_kd")), _num(r.int8_mb, 1),
                      _num(r.int8_ms.get("batch_1"), 2), _num(r.int8_ms.get("batch_32"), 1), _num(r.int8_dev),
                      _cost(r, base)])
@@ -148,8 +163,7 @@ def headline(rows: list[Row], evaluation: dict) -> list[str]:
         return ["No students were trained."]
     best = max(students, key=lambda r: r.dev)
     teacher = rows[0]
-    lines = [f"Best dev {main}: **{best.name}** ({best.method}) at {best.dev:.3f}"
-             + (f" [{best.dev_low:.3f}, {best.dev_high:.3f}]" if best.dev_low is not None else "")
+    lines = [f"Best dev {main}: **{best.name}** ({best.method}) at {_score(best)}"
              + f", {_num(best.retention, 1)} % of the teacher's {teacher.dev:.3f}"
              + (f"; its int8 ONNX model is {best.int8_mb:.1f} MB and answers in {best.int8_ms['batch_1']:.2f} ms at batch 1."
                 if best.int8_ms.get("batch_1") is not None else ".")]

@@ -2,7 +2,7 @@
 
 - ``paired_difference``: the main-metric difference of two models scored on the same examples,
   with a percentile interval from ``scipy.stats.bootstrap`` (paired: each resample draws the
-  same examples for both models).  The metric is recomputed on every resample, so the interval
+  same examples for both models, and for every seed of each: seeds' predictions are pooled).  The metric is recomputed on every resample, so the interval
   holds for metrics that are not a mean over examples (F1, Matthews, Pearson) as for accuracy.
 - ``verdict``: "better" when the whole interval lies above zero, "worse" when below, otherwise
   "no detectable difference": never a bare ranking of noise.
@@ -23,7 +23,7 @@ from kdpipe.evaluation.metrics import compute_metrics, predicted_values
 from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE, verdict
 
 __all__ = ["BETTER", "TIE", "WORSE", "verdict", "Difference", "paired_difference", "metric_interval",
-           "almost_stochastic_order", "RESAMPLES", "CONFIDENCE", "ASO_THRESHOLD"]
+           "almost_stochastic_order", "seed_values", "RESAMPLES", "CONFIDENCE", "ASO_THRESHOLD"]
 
 # Percentile intervals, not BCa: BCa's jackknife costs one metric call per example (40k on QQP).
 # With 1000 resamples the bounds move by about 2 % of the interval's width from seed to seed
@@ -51,48 +51,63 @@ class Difference:
         return verdict(self.low, self.high)
 
 
-def _paired_percentile_interval(samples: tuple, statistic, resamples: int, confidence: float,
-                                seed: int) -> tuple[float, float]:
-    """scipy's paired percentile bootstrap of ``statistic(*samples)``: (low, high)."""
-    result = bootstrap(samples, statistic, paired=True, vectorized=False, n_resamples=resamples, batch=_BATCH,
+def _example_bootstrap(n: int, statistic, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """scipy's percentile bootstrap over the N examples: ``statistic(idx)`` is recomputed on each
+    resample's example indices, so every model (and every seed of it) sees the same draw."""
+    result = bootstrap((np.arange(n),), statistic, vectorized=False, n_resamples=resamples, batch=_BATCH,
                        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_difference(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
-                      resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED) -> Difference:
+def seed_values(spec: TaskSpec, outputs) -> np.ndarray:
+    """``[S, N]`` predicted values of one model: ``outputs`` is one array (logits ``[N, C]``,
+    class ids or scores ``[N]``) or a list of them, one per seed, on the same N examples."""
+    many = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    values = [predicted_values(spec, o) for o in many]
+    if not values or len({len(v) for v in values}) != 1:
+        raise ValueError(f"need one or more seeds' outputs on the same examples; got lengths {[len(v) for v in values]}")
+    return np.stack(values)
+
+
+def _pooled_metric(spec: TaskSpec):
+    """metric(values [S, N], gold [N]): the main metric of every seed's predictions pooled (for
+    accuracy, the mean over seeds), the score a multi-seed run is compared by."""
+    main = dataclasses.replace(spec, metrics=(spec.main_metric,))
+
+    def metric(values: np.ndarray, gold: np.ndarray) -> float:
+        return compute_metrics(main, values.ravel(), np.tile(gold, len(values)))[spec.main_metric]
+    return metric
+
+
+def paired_difference(spec: TaskSpec, outputs_a, outputs_b, labels: np.ndarray, resamples: int = RESAMPLES,
+                      confidence: float = CONFIDENCE, seed: int = SEED) -> Difference:
     """``spec.main_metric`` of A minus that of B, both scored against ``labels`` on the same N
-    examples.  ``outputs_*``: logits ``[N, C]``, class ids ``[N]`` or scores ``[N]``."""
-    main = dataclasses.replace(spec, metrics=(spec.main_metric,))
-    a, b, gold = predicted_values(spec, outputs_a), predicted_values(spec, outputs_b), np.asarray(labels)
-    if not len(a) == len(b) == len(gold) > 0:
-        raise ValueError(f"need the same, non-zero number of outputs and labels; got {len(a)}, {len(b)}, {len(gold)}")
-
-    def difference(a, b, gold) -> float:
-        return compute_metrics(main, a, gold)[spec.main_metric] - compute_metrics(main, b, gold)[spec.main_metric]
-
-    observed = difference(a, b, gold)
-    if np.array_equal(a, b):  # every resample gives 0 (scipy would warn of a degenerate distribution)
+    examples.  ``outputs_*``: logits ``[N, C]``, class ids ``[N]`` or scores ``[N]``, or a list of
+    those, one per seed (predictions pooled across seeds; each resample draws the same examples
+    for every seed of both models)."""
+    a, b, gold = seed_values(spec, outputs_a), seed_values(spec, outputs_b), np.asarray(labels)
+    if not a.shape[1] == b.shape[1] == len(gold) > 0:
+        raise ValueError(f"need the same, non-zero number of outputs and labels; got {a.shape[1]}, {b.shape[1]}, "
+                         f"{len(gold)}")
+    metric = _pooled_metric(spec)
+    observed = metric(a, gold) - metric(b, gold)
+    if a.shape == b.shape and np.array_equal(a, b):  # every resample gives 0 (scipy: degenerate distribution)
         return Difference(0.0, 0.0, 0.0, confidence)
-    low, high = _paired_percentile_interval((a, b, gold), difference, resamples, confidence, seed)
-    return Difference(observed, low, high,
-                      confidence)
+    low, high = _example_bootstrap(len(gold), lambda i: metric(a[:, i], gold[i]) - metric(b[:, i], gold[i]),
+                                   resamples, confidence, seed)
+    return Difference(observed, low, high, confidence)
 
 
-def metric_interval(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray, resamples: int = RESAMPLES,
+def metric_interval(spec: TaskSpec, outputs, labels: np.ndarray, resamples: int = RESAMPLES,
                     confidence: float = CONFIDENCE, seed: int = SEED) -> tuple[float, float, float]:
-    """(value, low, high): ``spec.main_metric`` of one model on N examples and its bootstrap
-    percentile interval: the error bar of a single-seed score from the dev set's own noise."""
-    main = dataclasses.replace(spec, metrics=(spec.main_metric,))
-    values, gold = predicted_values(spec, outputs), np.asarray(labels)
-    if not len(values) == len(gold) > 0:
-        raise ValueError(f"need the same, non-zero number of outputs and labels; got {len(values)}, {len(gold)}")
-
-    def metric(values, gold) -> float:
-        return compute_metrics(main, values, gold)[spec.main_metric]
-
+    """(value, low, high): ``spec.main_metric`` of one model on N examples (one array, or a list
+    of them, one per seed, pooled) and its bootstrap percentile interval: the dev set's own noise."""
+    values, gold = seed_values(spec, outputs), np.asarray(labels)
+    if not values.shape[1] == len(gold) > 0:
+        raise ValueError(f"need the same, non-zero number of outputs and labels; got {values.shape[1]}, {len(gold)}")
+    metric = _pooled_metric(spec)
     value = metric(values, gold)
-    low, high = _paired_percentile_interval((values, gold), metric, resamples, confidence, seed)
+    low, high = _example_bootstrap(len(gold), lambda i: metric(values[:, i], gold[i]), resamples, confidence, seed)
     if np.isnan(low) or np.isnan(high):  # every resample gave the same score (all right, or all wrong)
         low = high = value
     return value, low, high

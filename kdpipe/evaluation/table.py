@@ -37,7 +37,8 @@ def shipped_variant(export_report: dict) -> str | None:
 
 
 def comparison_table(report: dict, exports: dict[str, dict] | None = None) -> str:
-    """A Markdown table, one row per model: method, depth, size, dev/test main metric, retention,
+    """A Markdown table, one row per model: method, depth, size, dev/test main metric (a run's mean
+    ± std over its seeds, n beside it), retention,
     PyTorch latency per timed batch size, and the int8 ONNX model's batch-1 latency and dev metric."""
     exports = exports or {}
     main = report["main_metric"]
@@ -48,11 +49,19 @@ def comparison_table(report: dict, exports: dict[str, dict] | None = None) -> st
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         int8 = exports.get(name, {}).get("int8", {})
         row = [name, r.get("method", "-"), depth_label(r), f"{r['parameters'] / 1e6:.1f}",
-               _fmt(r["dev"][main]), _fmt(r.get("test", {}).get(main)), _fmt(r.get("retention_pct", {}).get("dev"), 1),
+               _fmt(r["dev"][main]) + _spread(r, "dev", main), _fmt(r.get("test", {}).get(main)) + _spread(r, "test", main),
+               _fmt(r.get("retention_pct", {}).get("dev"), 1),
                *[_fmt(r["latency_ms"][b], 1) for b in batches],
                _fmt(int8.get("latency_ms", {}).get("batch_1"), 2), _fmt(int8.get("dev", {}).get(main))]
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def _spread(model_report: dict, split: str, main: str) -> str:
+    """" ± std (n=K)" for a run trained under K > 1 seeds, else nothing."""
+    seeds = model_report.get("seeds", [])
+    std = model_report.get(f"{split}_std", {}).get(main)
+    return f" ± {std:.4f} (n={len(seeds)})" if len(seeds) > 1 and std is not None else ""
 
 
 def _fmt(value, digits: int = 4) -> str:

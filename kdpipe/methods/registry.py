@@ -87,12 +87,15 @@ def method_shapes(student_cfg: StudentConfig, teacher_config) -> Shapes:
     return Shapes(student=ModelShape(student_cfg.effective_layers, teacher.hidden, heads), teacher=teacher)
 
 
-def build_run_method(params: Params, run_name: str, teacher_config, regression: bool) -> Method:
-    """The run's method, built (and so validated) against the real model shapes."""
+def build_run_method(params: Params, run_name: str, teacher_config, regression: bool,
+                     seed: int | None = None) -> Method:
+    """The run's method, built (and so validated) against the real model shapes.  ``seed``: the
+    student's (None = the first of ``distill.seeds``)."""
     run = params.distill.runs[run_name]
     method_params = dict(run.method_params)
     if "seed" in METHODS[run.method].Params.model_fields:
-        method_params.setdefault("seed", params.seed)  # RAIL-KD's layer draws follow the pipeline seed
+        # RAIL-KD's layer draws and CR-ILD's mixup follow the student's seed, unless the run fixes one
+        method_params.setdefault("seed", params.distill.seeds[0] if seed is None else seed)
     try:
         shapes = method_shapes(run_student(params, run_name), teacher_config)
         return build_method(run.method, method_params, regression, shapes)

@@ -1,4 +1,5 @@
-"""Stage ``distill@<run>``: distil one student with run ``<run>`` of ``distill.runs``.
+"""Stage ``distill@<run>-<seed>``: distil one student with run ``<run>`` of ``distill.runs``
+under one of ``distill.seeds``.
 
 Three named steps: ``setup_run`` (data, teacher, student, method, teacher cache), ``train_phase``
 (once per phase of the method, each starting from the student the previous phase selected) and
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from kdpipe.config import ConfigError, Params, RunConfig, StudentConfig
+from kdpipe.config import ConfigError, Params, RunConfig, StudentConfig, student_name
 from kdpipe.data.batches import DistillCollator, Encoder
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec, supplementary_frame
@@ -41,7 +42,8 @@ from kdpipe.training.teacher_cache import TeacherCache
 class RunSetup:
     """Everything a run's phases share, built once."""
 
-    name: str
+    name: str                   # the run
+    seed: int                   # the student's seed (data order, dropout, fresh heads, method draws)
     run: RunConfig
     spec: TaskSpec
     sets: dict[str, TextDataset]
@@ -61,35 +63,43 @@ class RunSetup:
     supplementary_hash: str | None
 
     @property
+    def model_name(self) -> str:
+        """``<run>/seed-<seed>``: the student's folders and MLflow run (``config.student_name``)."""
+        return student_name(self.name, self.seed)
+
+    @property
     def multi_phase(self) -> bool:
         """Each phase then has its own nested MLflow run, checkpoint folder and curves."""
         return len(self.method.phases) > 1
 
 
 def setup_run(params: Params, run_name: str, data_dir: Path, teacher_dir: Path,
-              teacher_cache_dir: Path | None = None, ptp_dir: Path = Path("models/ptp"), echo=print) -> RunSetup:
+              teacher_cache_dir: Path | None = None, ptp_dir: Path = Path("models/ptp"), echo=print,
+              seed: int | None = None) -> RunSetup:
+    """``seed``: the student's seed; None = the first of ``distill.seeds``."""
     run = params.distill.runs[run_name]
+    seed = params.distill.seeds[0] if seed is None else seed
     spec, sets = load_datasets(data_dir)
     regression = spec.problem == "regression"
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
     student_cfg = run_student(params, run_name)
     ptp_source = ptp_encoder_dir(ptp_dir, student_cfg, echo) if student_cfg.init == "ptp" else None
-    student, layers = make_student(student_cfg, teacher, teacher_dir, params.seed, ptp_source)
+    student, layers = make_student(student_cfg, teacher, teacher_dir, seed, ptp_source)
     # init: ptp falls back to the teacher's layers where the ptp stage skipped PTP (regression)
     init_source = f"ptp:{ptp_source.name}" if ptp_source else \
         ("teacher" if student_cfg.init == "ptp" else student_cfg.init)
-    method = build_run_method(params, run_name, teacher.config, regression)
+    method = build_run_method(params, run_name, teacher.config, regression, seed=seed)
     mapping = method.mapping_table()
     if mapping:
         echo(format_rows(mapping, f"[{run_name}] {run.method} layer mapping"))
     cache = open_cache(params, teacher_cache_dir, teacher_dir, data_dir, len(sets["train"])) \
         if method.needs_teacher else None
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
-    inputs = fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), params.seed,
+    inputs = fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), seed,
                          params.max_length, data_dir, teacher_dir, ptp_source, code=__name__)
     extra, extra_hash = supplementary_set(params, run_name, spec) if run.supplementary else (None, None)
-    return RunSetup(run_name, run, spec, sets, teacher, tokenizer, student, student_cfg, layers, init_source,
+    return RunSetup(run_name, seed, run, spec, sets, teacher, tokenizer, student, student_cfg, layers, init_source,
                     method, mapping, cache, encoder_for(student, tokenizer, params.max_length),
                     encoder_for(teacher, tokenizer, params.max_length), inputs, extra, extra_hash)
 
@@ -110,7 +120,7 @@ def train_phase(params: Params, setup: RunSetup, phase: str, checkpoint_dir: Pat
         if cached:  # cache rows are addressed by train index; supplementary rows have none
             raise ConfigError(f"distill.runs.{run_name}.supplementary: phase {phase} reads the teacher cache")
         train_set = ConcatDataset([setup.sets["train"], setup.supplementary])
-    name = f"{run_name}/{phase}" if setup.multi_phase else run_name
+    name = f"{setup.model_name}/{phase}" if setup.multi_phase else setup.model_name
     inputs = fingerprint(setup.inputs, phase, cfg.model_dump(), cached, len(train_set),
                          setup.supplementary_hash if train_set is not setup.sets["train"] else None, code=__name__)
     phase_dir = Path(checkpoint_dir) / phase if setup.multi_phase else Path(checkpoint_dir)
@@ -121,7 +131,7 @@ def train_phase(params: Params, setup: RunSetup, phase: str, checkpoint_dir: Pat
         result = finished_phase(phase_dir, inputs, setup.student)
         if result is None:
             result = train(setup.student, method, setup.spec, train_set, setup.sets["dev"], collator, cfg,
-                           seed=params.seed, checkpoint_dir=phase_dir, fingerprint=inputs,
+                           seed=setup.seed, checkpoint_dir=phase_dir, fingerprint=inputs,
                            teacher=setup.teacher if live_teacher else None,
                            teacher_cache=setup.cache if cached else None, logger=tracker, desc=name)
             if setup.multi_phase:
@@ -154,8 +164,8 @@ def summarize(setup: RunSetup, outcomes: dict[str, PhaseOutcome]) -> dict:
 
 
 def write_phase_curves(plots_dir: Path, setup: RunSetup, outcomes: dict[str, PhaseOutcome]) -> None:
-    """A train and a dev curve per phase, each from step 0 (plots/phases/<run>/<phase>_*.csv)."""
-    folder = Path(plots_dir) / "phases" / setup.name
+    """A train and a dev curve per phase, each from step 0 (plots/phases/<run>/seed-<seed>/<phase>_*.csv)."""
+    folder = Path(plots_dir) / "phases" / setup.model_name
     shutil.rmtree(folder, ignore_errors=True)
     for phase, o in outcomes.items():
         write_csv(folder / f"{phase}_train.csv", o.result.train_curve)
@@ -164,11 +174,12 @@ def write_phase_curves(plots_dir: Path, setup: RunSetup, outcomes: dict[str, Pha
 
 def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
             checkpoint_dir: Path, plots_dir: Path, logger=None, teacher_cache_dir: Path | None = None,
-            ptp_dir: Path = Path("models/ptp"), echo=print) -> dict:
-    """Distil one student with run ``run_name`` and save it to ``out_dir``; returns its summary.
-    ``teacher_cache_dir`` (the teacher_outputs stage's folder) replaces the live teacher where
-    the method's teacher signal is cached."""
-    setup = setup_run(params, run_name, data_dir, teacher_dir, teacher_cache_dir, ptp_dir, echo)
+            ptp_dir: Path = Path("models/ptp"), echo=print, seed: int | None = None) -> dict:
+    """Distil one student with run ``run_name`` under ``seed`` (None = the first of
+    ``distill.seeds``) and save it to ``out_dir``; returns its summary.  ``teacher_cache_dir``
+    (the teacher_outputs stage's folder) replaces the live teacher where the method's teacher
+    signal is cached."""
+    setup = setup_run(params, run_name, data_dir, teacher_dir, teacher_cache_dir, ptp_dir, echo, seed)
     started = time.perf_counter()
     outcomes = {phase: train_phase(params, setup, phase, checkpoint_dir, logger) for phase in setup.method.phases}
     result = summarize(setup, outcomes)
@@ -177,8 +188,8 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     if setup.multi_phase and is_main_process():
         write_phase_curves(plots_dir, setup, outcomes)
     curve = merge_phases({p: o.result for p, o in outcomes.items()})
-    save_trained(setup.student, setup.tokenizer, out_dir, plots_dir, run_name, curve, setup.spec, {
-        "role": "student", "run": run_name, "method": setup.method.describe(), "init_layers": setup.layers,
+    save_trained(setup.student, setup.tokenizer, out_dir, plots_dir, setup.model_name, curve, setup.spec, {
+        "role": "student", "run": run_name, "seed": setup.seed, "method": setup.method.describe(), "init_layers": setup.layers,
         "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result})
     remove_checkpoints(checkpoint_dir)
     return result

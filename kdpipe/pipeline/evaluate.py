@@ -1,6 +1,8 @@
-"""Stage ``evaluate``: teacher and every student on dev/test: metrics with their bootstrap
-intervals, comparisons against the baselines, retention, size, latency, and every model's
-per-example predictions (``predictions/<model>.parquet``) so any comparison can be recomputed."""
+"""Stage ``evaluate``: teacher and every run (each over its seeds) on dev/test: metrics as mean ±
+std over seeds with their bootstrap intervals, comparisons against the baselines (paired
+bootstrap, seeds pooled; Almost Stochastic Order over seeds), retention, size, latency, and every
+model's per-example predictions (``predictions/<run>/seed-<seed>.parquet``) so any comparison can
+be recomputed."""
 
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdpipe.config import Params
+from kdpipe.config import Params, student_name
 from kdpipe.data.batches import DistillCollator, inference_loader
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs, torch_latency
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
 from kdpipe.evaluation.predict import predict
-from kdpipe.evaluation.significance import CONFIDENCE, metric_interval, paired_difference
+from kdpipe.evaluation.significance import (ASO_THRESHOLD, CONFIDENCE, almost_stochastic_order, metric_interval,
+                                            paired_difference)
 from kdpipe.files import atomic_dir
 from kdpipe.models.adapters import ModelShape, num_heads, num_layers
 from kdpipe.models.loading import (count_parameters, encoder_for, is_model_dir, load_classifier, load_tokenizer,
@@ -31,14 +34,18 @@ from kdpipe.models.students import set_attention_heads
 PREDICTIONS_DIR = "predictions"
 # The baselines every student is compared with, by method: the same student without KD, and logit KD.
 BASELINE_METHODS = ("finetune", "vanilla_kd")
+# Almost Stochastic Order needs a few seeds to say anything (and costs deepsig about 7 s a pair on
+# 2 cores): computed where both runs have at least this many; the bootstrap verdict always is.
+ASO_MIN_SEEDS = 3
 
 
 def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[str, TextDataset],
-                   compare_heads: int | None = None, outputs: dict | None = None) -> dict:
+                   compare_heads: int | None = None, outputs: dict | None = None, timing: bool = True) -> dict:
     """Dev/test metrics, size and PyTorch latency of one saved model.  ``compare_heads``: when the
     model runs another head count, also time the same weights reshaped to that many heads
     (MLKD-BERT: a fewer-head student vs the teacher's head count), as ``latency_ms_at_heads``.
-    ``outputs``: filled with each split's raw outputs [N, C] (for predictions and comparisons)."""
+    ``outputs``: filled with each split's raw outputs [N, C] (for predictions and comparisons).
+    ``timing=False``: metrics only (a run's further seeds: same architecture, same cost)."""
     model = load_classifier(model_dir).eval()
     encoder = encoder_for(model, load_tokenizer(model_dir), params.max_length)
     collator = DistillCollator(encoder, None, spec.problem == "regression")
@@ -49,6 +56,8 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
             report[split] = {**compute_metrics(spec, logits, labels), "loss": loss}
             if outputs is not None:
                 outputs[split] = logits
+    if not timing:
+        return report
     report["parameters"] = count_parameters(model)
     report["layers"] = num_layers(model)  # effective: an SPS model runs its physical layers twice
     report["physical_layers"] = physical_layers(model)
@@ -73,43 +82,80 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
     return report
 
 
+def trained_seeds(params: Params, students_dir: Path) -> dict[str, list[int]]:
+    """Run -> the seeds of ``distill.seeds`` it has a trained student for, in that order (a run
+    or seed removed from params.yaml leaves a stale folder: not listed)."""
+    found = {run: [seed for seed in params.distill.seeds
+                   if is_model_dir(Path(students_dir) / student_name(run, seed))] for run in params.distill.runs}
+    return {run: seeds for run, seeds in found.items() if seeds}
+
+
+def combine_seeds(per_seed: dict[int, dict]) -> dict:
+    """One run's report from its seeds' reports (the first seed's carries size and latency):
+    each dev/test metric's mean over seeds, its sample standard deviation (``<split>_std``; 0 for
+    one seed), the seeds and each seed's own metrics (``per_seed``)."""
+    seeds = list(per_seed)
+    out = {k: v for k, v in per_seed[seeds[0]].items() if k not in ("dev", "test")}
+    for split in ("dev", "test"):
+        if split in per_seed[seeds[0]]:
+            values = {m: [per_seed[s][split][m] for s in seeds] for m in per_seed[seeds[0]][split]}
+            out[split] = {m: float(np.mean(v)) for m, v in values.items()}
+            out[f"{split}_std"] = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
+    out["seeds"] = seeds
+    out["per_seed"] = {str(s): {split: r[split] for split in ("dev", "test") if split in r}
+                       for s, r in per_seed.items()}
+    return out
+
+
 def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_dir: Path,
                     predictions_dir: Path | None = None, echo=print) -> dict:
-    """The evaluate report of the teacher and every student of ``params.distill.runs``;
-    ``predictions_dir``: also write each model's per-example predictions there."""
+    """The evaluate report of the teacher and every run of ``params.distill.runs``, each run over
+    its seeds (mean and std over seeds; size and latency of its first seed, the one exported);
+    ``predictions_dir``: also write every model's per-example predictions there."""
     if params.evaluate.threads:
         torch.set_num_threads(params.evaluate.threads)
     spec, sets = load_datasets(data_dir)
     main = spec.main_metric
-    folders = [p for p in sorted(Path(students_dir).iterdir()) if is_model_dir(p) and p.name in params.distill.runs]
+    runs = trained_seeds(params, students_dir)
+    total = 1 + sum(len(seeds) for seeds in runs.values())
     started = time.perf_counter()
-    echo(f"evaluate: teacher (1/{len(folders) + 1}): dev/test metrics and latency")
-    outputs: dict[str, dict[str, np.ndarray]] = {"teacher": {}}
-    teacher = evaluate_model(params, teacher_dir, spec, sets, outputs=outputs["teacher"])
-    students = {}
-    for i, folder in enumerate(folders, 2):  # a run removed from params.yaml leaves a stale folder: skipped
-        echo(f"evaluate: {folder.name} ({i}/{len(folders) + 1}, {time.perf_counter() - started:.0f} s so far)")
-        outputs[folder.name] = {}
-        report = evaluate_model(params, folder, spec, sets, compare_heads=teacher["attention_heads"],
-                                outputs=outputs[folder.name])
-        report["method"] = read_model_meta(folder)["method"]["method"]
+    echo(f"evaluate: teacher (1/{total}): dev/test metrics and latency")
+    teacher_outputs: dict[str, np.ndarray] = {}
+    teacher = evaluate_model(params, teacher_dir, spec, sets, outputs=teacher_outputs)
+    outputs: dict[str, dict[str, list[np.ndarray]]] = {"teacher": {k: [v] for k, v in teacher_outputs.items()}}
+    seed_outputs: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    students, done = {}, 1
+    for run, seeds in runs.items():
+        per_seed, seed_outputs[run] = {}, {}
+        for seed in seeds:
+            done += 1
+            folder = Path(students_dir) / student_name(run, seed)
+            echo(f"evaluate: {student_name(run, seed)} ({done}/{total}, {time.perf_counter() - started:.0f} s so far)")
+            seed_outputs[run][seed] = {}
+            per_seed[seed] = evaluate_model(params, folder, spec, sets, compare_heads=teacher["attention_heads"],
+                                            outputs=seed_outputs[run][seed], timing=seed == seeds[0])
+        report = combine_seeds(per_seed)
+        report["method"] = read_model_meta(Path(students_dir) / student_name(run, seeds[0]))["method"]["method"]
         report["retention_pct"] = {split: round(100 * report[split][main] / teacher[split][main], 2)
                                    for split in ("dev", "test") if split in report and teacher[split][main]}
         report["speedup"] = {k: round(teacher["latency_ms"][k] / v, 2) for k, v in report["latency_ms"].items()}
         report["compression"] = round(teacher["parameters"] / report["parameters"], 2)
-        students[folder.name] = report
+        students[run] = report
+        outputs[run] = {split: [seed_outputs[run][seed][split] for seed in seeds] for split in teacher_outputs}
     echo(f"evaluate: bootstrap intervals and comparisons ({time.perf_counter() - started:.0f} s so far)")
     result = {"task": spec.name, "main_metric": main, "teacher": teacher, "students": students}
     add_intervals(result, spec, outputs, sets)
     add_comparisons(result, spec, {name: o["dev"] for name, o in outputs.items()}, np.asarray(sets["dev"].labels))
     if predictions_dir is not None:
-        write_predictions(Path(predictions_dir), spec, outputs, sets)
+        write_predictions(Path(predictions_dir), spec, {"teacher": teacher_outputs, **{
+            student_name(run, seed): o for run, by_seed in seed_outputs.items() for seed, o in by_seed.items()}}, sets)
     return result
 
 
-def add_intervals(report: dict, spec: TaskSpec, outputs: dict[str, dict[str, np.ndarray]],
+def add_intervals(report: dict, spec: TaskSpec, outputs: dict[str, dict[str, list[np.ndarray]]],
                   sets: dict[str, TextDataset]) -> None:
-    """Each model's main metric per split gets its bootstrap interval, ``<split>_interval``."""
+    """Each model's main metric per split gets its bootstrap interval, ``<split>_interval``
+    (a run's seeds pooled: the interval of its seed-averaged score over the dev set's noise)."""
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         for split, logits in outputs[name].items():
             _, low, high = metric_interval(spec, logits, np.asarray(sets[split].labels))
@@ -118,7 +164,8 @@ def add_intervals(report: dict, spec: TaskSpec, outputs: dict[str, dict[str, np.
 
 def comparison_targets(report: dict) -> dict[str, str]:
     """Who every student is compared with: ``{"finetune": run, "vanilla_kd": run, "best": run}``,
-    each the first run (in params order) with that method, and the run with the best dev score."""
+    each the first run (in params order) with that method, and the run with the best dev score
+    (its mean over seeds)."""
     main, students = report["main_metric"], report["students"]
     targets = {}
     for method in BASELINE_METHODS:
@@ -130,11 +177,16 @@ def comparison_targets(report: dict) -> dict[str, str]:
     return targets
 
 
-def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, np.ndarray], labels: np.ndarray) -> None:
+def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, list[np.ndarray]],
+                    labels: np.ndarray) -> None:
     """``versus``: each student's dev main-metric difference from each comparison target, with its
-    paired-bootstrap interval and verdict (``evaluation.significance``); also the teacher's."""
+    paired-bootstrap interval and verdict (seeds pooled, ``evaluation.significance``), and where
+    both have ``ASO_MIN_SEEDS`` seeds or more, Almost Stochastic Order over their per-seed dev scores (``aso``:
+    ε_min of "this run is better"; below ``ASO_THRESHOLD`` it is); also the teacher's."""
     targets = comparison_targets(report)
+    main = report["main_metric"]
     report["comparisons"], report["dev_examples"] = targets, int(len(labels))
+    seed_scores = {name: [s["dev"][main] for s in r["per_seed"].values()] for name, r in report["students"].items()}
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         versus = {}
         for role, target in targets.items():
@@ -142,13 +194,18 @@ def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, np.ndar
                 d = paired_difference(spec, dev_outputs[name], dev_outputs[target], labels)
                 versus[role] = {"run": target, "difference": d.observed, "low": d.low, "high": d.high,
                                 "confidence": d.confidence, "verdict": d.verdict}
+                mine, theirs = seed_scores.get(name, []), seed_scores[target]
+                if min(len(mine), len(theirs)) >= ASO_MIN_SEEDS:
+                    versus[role]["aso"] = round(almost_stochastic_order(mine, theirs), 4)
+                    versus[role]["aso_threshold"] = ASO_THRESHOLD
         r["versus"] = versus
 
 
 def write_predictions(out_dir: Path, spec: TaskSpec, outputs: dict[str, dict[str, np.ndarray]],
                       sets: dict[str, TextDataset]) -> None:
-    """``<model>.parquet`` per model: split, index (row in the prepared split), label, prediction
-    and the raw outputs (``logit_<i>``; regression: ``score``), written atomically as one folder."""
+    """``<model>.parquet`` per model (``teacher``, ``<run>/seed-<seed>``): split, index (row in
+    the prepared split), label, prediction and the raw outputs (``logit_<i>``; regression:
+    ``score``), written atomically as one folder."""
     with atomic_dir(out_dir) as tmp:
         for name, splits in outputs.items():
             frames = []
@@ -158,7 +215,9 @@ def write_predictions(out_dir: Path, spec: TaskSpec, outputs: dict[str, dict[str
                 columns = ["score"] if spec.problem == "regression" else [f"logit_{i}" for i in range(logits.shape[1])]
                 frames.append(pd.concat([frame, pd.DataFrame(logits.reshape(len(logits), -1), columns=columns)],
                                         axis=1))
-            pd.concat(frames, ignore_index=True).to_parquet(tmp / f"{name}.parquet", index=False)
+            path = tmp / f"{name}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
 
 
 def tradeoff_rows(report: dict) -> list[dict]:

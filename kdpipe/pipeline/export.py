@@ -38,25 +38,26 @@ def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: P
     loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
     batches = [b["student"] for _, b in zip(range(cfg.parity_batches), loader)]
     report: dict = {}
+    label = f"{student_dir.parent.name}/{student_dir.name}"
     with atomic_dir(out_dir) as tmp:
         fp32 = tmp / "model.onnx"
-        echo(f"export: {student_dir.name}: ONNX (dynamo exporter)")
+        echo(f"export: {label}: ONNX (dynamo exporter)")
         input_names = convert.export_onnx(model, batches[0], fp32)
         tokenizer.save_pretrained(tmp)
         export_model_config(model.config, spec).save_pretrained(tmp)
         write_json(tmp / EXPORT_META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
                                                       problem=spec.problem, max_length=params.max_length,
                                                       input_names=input_names, task=spec.to_dict()).to_json())
-        echo(f"export: {student_dir.name}: parity with PyTorch on {len(batches)} dev batch(es)")
+        echo(f"export: {label}: parity with PyTorch on {len(batches)} dev batch(es)")
         report["parity"] = convert.parity(model, fp32, batches)
         variants = {"fp32": fp32}
         if cfg.int8:
-            echo(f"export: {student_dir.name}: int8 quantisation")
+            echo(f"export: {label}: int8 quantisation")
             variants["int8"] = tmp / "model.int8.onnx"
             convert.quantize_int8(fp32, variants["int8"])
         outputs = {}
         for name, path in variants.items():
-            echo(f"export: {student_dir.name}: {name} dev metrics and latency")
+            echo(f"export: {label}: {name} dev metrics and latency")
             clf = OnnxTextClassifier.from_dir(tmp, variant=name)
             outputs[name] = clf.logits(dev.text_a, dev.text_b, batch_size=64)
             latency = {f"batch_{b}": round(convert.onnx_latency(
@@ -66,7 +67,7 @@ def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: P
             report[name] = {"dev": compute_metrics(spec, outputs[name], labels), "latency_ms": latency,
                             "size_mb": round(path.stat().st_size / 2**20, 2)}
         if "int8" in outputs:
-            echo(f"export: {student_dir.name}: int8 gate (agreement, paired bootstrap of the {spec.main_metric} drop)")
+            echo(f"export: {label}: int8 gate (agreement, paired bootstrap of the {spec.main_metric} drop)")
             report["int8_gate"] = int8_gate(spec, outputs["fp32"], outputs["int8"], labels, cfg)
         check_gates(report, spec, cfg)
         write_json(tmp / REPORT_FILE, report)

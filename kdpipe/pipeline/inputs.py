@@ -6,13 +6,14 @@ or a run's ``supplementary`` could change without DVC noticing.  This stage, whi
 every ``dvc repro`` (``always_changed``, well under a second: no torch), writes one manifest per
 consumer with the content hash of every file that consumer reads, and each consumer depends on
 its own manifest.  Editing the train CSV re-runs ``data`` and what follows from it; editing one
-run's supplementary file re-runs only that run's ``distill@<run>`` (and ``evaluate``).  Unchanged
+run's supplementary file re-runs only that run's ``distill@<run>-<seed>`` stages (and ``evaluate``).  Unchanged
 inputs give byte-identical manifests, so nothing downstream runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 from kdpipe.config import Params
@@ -82,20 +83,30 @@ def write_manifests(params: Params, root: Path, out_dir: Path) -> dict[str, int]
     return {name: len(content["files"]) for name, content in found.items()}
 
 
-# Where each run's small git-tracked reports and curves live; DVC leaves a removed stage's
-# outputs in the workspace, so a run dropped from params would linger in reports and plots.
+# Where each run's small git-tracked reports and curves live (a folder per run with a file per
+# seed, or one file per run); DVC leaves a removed stage's outputs in the workspace, so a run or
+# seed dropped from params would linger in reports and plots.
 RUN_FILES = (("metrics/distill", ".json"), ("metrics/export", ".json"), ("plots/train", ".csv"), ("plots/dev", ".csv"))
 NOT_RUNS = frozenset({"teacher"})  # plots/train/teacher.csv sits beside the runs' curves
 
 
 def remove_dropped_runs(params: Params, root: Path) -> list[str]:
-    """Delete the per-run reports and curves of runs no longer in ``distill.runs`` (their models
-    stay: DVC's cache restores those); returns what was deleted."""
+    """Delete the per-run reports and curves of runs no longer in ``distill.runs``, and the
+    per-seed ones of seeds no longer in ``distill.seeds`` (their models stay: DVC's cache
+    restores those); returns what was deleted."""
     keep = set(params.distill.runs) | NOT_RUNS
+    seeds = {f"seed-{seed}" for seed in params.distill.seeds}
     removed = []
     for folder, suffix in RUN_FILES:
-        for path in sorted((root / folder).glob(f"*{suffix}")):
-            if path.stem not in keep:
-                path.unlink()
-                removed.append(str(path.relative_to(root)))
+        for path in sorted((root / folder).glob("*")):
+            run = path.name if path.is_dir() else path.name.removesuffix(suffix)
+            if path.is_dir() and run in keep:
+                stale = [p for p in sorted(path.glob(f"*{suffix}")) if p.stem not in seeds]
+            elif path.is_dir() or path.suffix == suffix:
+                stale = [] if run in keep else [path]
+            else:
+                stale = []
+            for p in stale:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(str(p.relative_to(root)))
     return removed

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import AutoConfig
 
 from kdpipe.config import ConfigError, Params
+from kdpipe.methods.base import Method
 from kdpipe.data.tasks import TaskDataError, check_supplementary, get_task
 from kdpipe.env import repo_root
 from kdpipe.methods.registry import build_run_method, check_runs, run_student
@@ -42,10 +44,26 @@ def preflight(params: Params, reads: Sequence[Path] = ()) -> None:
             select_layers(depth, student.num_layers, student.layers)
         except ModelError as e:
             raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
-        build_run_method(params, run_name, config, regression=problem == "regression")
+        method = build_run_method(params, run_name, config, regression=problem == "regression")
+        for note in training_notes(params, run_name, method):
+            print(f"kdpipe: warning: {note}", file=sys.stderr, flush=True)
         extra = params.distill.runs[run_name].supplementary
         if extra is not None:
             try:
                 check_supplementary(extra, params.task, repo_root(), f"distill.runs.{run_name}.supplementary")
             except TaskDataError as e:
                 raise ConfigError(f"params.yaml: {e}") from None
+
+
+def training_notes(params: Params, run_name: str, method: Method) -> list[str]:
+    """Settings that are valid but silently switch part of a method off, said before training."""
+    notes = []
+    ramp = getattr(method, "ramp", None)
+    if getattr(method, "cr_weight", 0) > 0 and ramp is not None and "ild" in method.phases:
+        epochs = params.run_train_config(run_name, "ild", method.phase_train("ild")).epochs
+        if epochs < 2:  # the weight is w * e/E with e the 0-based epoch: 0 for all of a 1-epoch phase
+            notes.append(f"distill.runs.{run_name}: CR-ILD's consistency weight ramps as e/E over the ild "
+                         f"phase's epochs, so with {epochs:g} epoch it is 0 throughout: this run trains without "
+                         f"consistency regularisation (set phases.ild.epochs >= 2, or consistency_weight: 0 "
+                         f"to say so)")
+    return notes

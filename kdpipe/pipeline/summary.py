@@ -6,7 +6,8 @@ row per number and one column per model, and ``dvc exp show`` can keep just one 
 per-stage reports it is built from (``metrics/evaluate.json``, ``metrics/export/<run>.json``, ...)
 stay beside it with every detail.  The numbers:
 
-- ``dev``: the main metric on dev (PyTorch);  ``retention``: % of the teacher's dev score;
+- ``dev``: the main metric on dev (PyTorch; a run's mean over its seeds);  ``dev_std``: its
+  standard deviation over seeds;  ``retention``: % of the teacher's dev score;
 - ``int8``: the int8 ONNX model's dev main metric (what ships);  ``int8_ms``: its latency at
   batch 1;  ``int8_mb``: its file size (``fp32*`` instead with ``export.int8: false``).
 """
@@ -29,7 +30,8 @@ def summarize(evaluation: dict, exports: dict[str, dict]) -> dict[str, dict[str,
     # ("metrics/summary/dev.json:teacher") and one --keep pattern selects a whole number
     out = {"teacher": {"dev": round(evaluation["teacher"]["dev"][main], 4), "retention": 100.0}}
     for run, result in evaluation["students"].items():
-        row = {"dev": result["dev"][main], "retention": result["retention_pct"].get("dev")}
+        row = {"dev": result["dev"][main], "dev_std": result.get("dev_std", {}).get(main),
+               "retention": result["retention_pct"].get("dev")}
         export = exports.get(run, {})
         variant = shipped_variant(export)
         if variant:
