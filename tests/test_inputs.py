@@ -99,13 +99,14 @@ def test_reports_and_curves_of_dropped_runs_and_seeds_are_removed_and_the_rest_k
     files = ["metrics/distill/kd/seed-42.json", "metrics/distill/kd/seed-7.json", "metrics/distill/old/seed-42.json",
              "metrics/export/old.json", "metrics/export/kd.json", "plots/train/teacher.csv",
              "plots/train/old/seed-42.csv", "plots/dev/tb/seed-42.csv", "plots/dev/tb/seed-7.csv",
-             "metrics/teacher.json"]
+             "metrics/teacher.json", "metrics/distill/kd.json", "plots/train/kd.csv"]  # the last two: the layout before seeds
     for f in files:
         (own / f).parent.mkdir(parents=True, exist_ok=True)
         (own / f).write_text("x")
     assert _params().distill.seeds == [42]
-    assert remove_dropped_runs(_params(), own) == ["metrics/distill/kd/seed-7.json", "metrics/distill/old",
-                                                   "metrics/export/old.json", "plots/train/old",
+    assert remove_dropped_runs(_params(), own) == ["metrics/distill/kd/seed-7.json", "metrics/distill/kd.json",
+                                                   "metrics/distill/old", "metrics/export/old.json",
+                                                   "plots/train/kd.csv", "plots/train/old",
                                                    "plots/dev/tb/seed-7.csv"]
     assert {f for f in files if (own / f).exists()} == {"metrics/distill/kd/seed-42.json", "metrics/export/kd.json",
                                                         "plots/train/teacher.csv", "plots/dev/tb/seed-42.csv",

@@ -83,27 +83,29 @@ def write_manifests(params: Params, root: Path, out_dir: Path) -> dict[str, int]
     return {name: len(content["files"]) for name, content in found.items()}
 
 
-# Where each run's small git-tracked reports and curves live (a folder per run with a file per
-# seed, or one file per run); DVC leaves a removed stage's outputs in the workspace, so a run or
-# seed dropped from params would linger in reports and plots.
-RUN_FILES = (("metrics/distill", ".json"), ("metrics/export", ".json"), ("plots/train", ".csv"), ("plots/dev", ".csv"))
+# Where each run's small git-tracked reports and curves live: a folder per run with a file per
+# seed, or (exports) one file per run.  DVC leaves a removed stage's outputs in the workspace, so
+# a run or seed dropped from params would linger in reports and plots.
+RUN_FILES = (("metrics/distill", ".json", True), ("metrics/export", ".json", False),
+             ("plots/train", ".csv", True), ("plots/dev", ".csv", True))
 NOT_RUNS = frozenset({"teacher"})  # plots/train/teacher.csv sits beside the runs' curves
 
 
 def remove_dropped_runs(params: Params, root: Path) -> list[str]:
-    """Delete the per-run reports and curves of runs no longer in ``distill.runs``, and the
-    per-seed ones of seeds no longer in ``distill.seeds`` (their models stay: DVC's cache
-    restores those); returns what was deleted."""
+    """Delete the per-run reports and curves of runs no longer in ``distill.runs``, the per-seed
+    ones of seeds no longer in ``distill.seeds``, and per-run files where runs now keep a folder of
+    seeds (the layout before seeds); their models stay (DVC's cache restores those).  Returns what
+    was deleted."""
     keep = set(params.distill.runs) | NOT_RUNS
     seeds = {f"seed-{seed}" for seed in params.distill.seeds}
     removed = []
-    for folder, suffix in RUN_FILES:
+    for folder, suffix, per_seed in RUN_FILES:
         for path in sorted((root / folder).glob("*")):
-            run = path.name if path.is_dir() else path.name.removesuffix(suffix)
-            if path.is_dir() and run in keep:
-                stale = [p for p in sorted(path.glob(f"*{suffix}")) if p.stem not in seeds]
-            elif path.is_dir() or path.suffix == suffix:
-                stale = [] if run in keep else [path]
+            if path.is_dir():
+                stale = [p for p in sorted(path.glob(f"*{suffix}")) if p.stem not in seeds] \
+                    if path.name in keep else [path]
+            elif path.suffix == suffix and path.stem not in NOT_RUNS:
+                stale = [path] if per_seed or path.stem not in keep else []
             else:
                 stale = []
             for p in stale:
