@@ -58,7 +58,11 @@ def stage_walls(project: Path) -> dict[str, float]:
         script = next((a for a in args if a.startswith("stages/")), None)
         if script is None:
             continue
-        name = Path(script).stem + (f"@{args[args.index(script) + 1]}" if len(args) > args.index(script) + 1 else "")
+        rest = args[args.index(script) + 1:]  # distill: RUN SEED (stage distill@RUN-SEED); export: RUN SEED
+        if Path(script).stem == "distill" and len(rest) > 1:
+            name = f"distill@{rest[0]}-{rest[1]}"
+        else:
+            name = Path(script).stem + (f"@{rest[0]}" if rest else "")
         walls[name] = float(end) - float(start)
     return walls
 
@@ -77,7 +81,9 @@ def tracked_seconds(project: Path) -> dict[str, float]:
     out = {}
     for child in children:
         if child.info.end_time:
-            out[re.sub(r"/", "@", child.info.run_name, count=1)] = (child.info.end_time - child.info.start_time) / 1000
+            # distill/<run>/seed-<seed> -> distill@<run>-<seed>, the DVC stage's name
+            name = re.sub(r"/seed-(\d+)$", r"-\1", re.sub(r"/", "@", child.info.run_name, count=1))
+            out[name] = (child.info.end_time - child.info.start_time) / 1000
     return out
 
 
