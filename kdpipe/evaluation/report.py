@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdpipe.evaluation.table import depth_label, read_comparison, shipped_variant
+from kdpipe.evaluation.table import depth_label, read_comparison, seed_spread, shipped_variant
 from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE
 
 REPORT_DIR = "reports"
@@ -107,9 +107,8 @@ def _versus(v: dict | None, digits: int = 3) -> str:
 
 def _score(row: Row) -> str:
     """mean ± std (n seeds) [95 % interval]; a single model: value [interval]."""
-    spread = f" ± {row.dev_std:.3f} (n={row.seeds})" if row.seeds > 1 else ""
     ci = f" [{_num(row.dev_low)}, {_num(row.dev_high)}]" if row.dev_low is not None else ""
-    return f"{row.dev:.3f}{spread}{ci}"
+    return f"{row.dev:.3f}{seed_spread(row.dev_std, row.seeds, 3)}{ci}"
 
 
 def _cost(row: Row, base: Row | None) -> str:

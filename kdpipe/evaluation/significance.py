@@ -59,13 +59,16 @@ def _example_bootstrap(n: int, statistic, resamples: int, confidence: float, see
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def seed_values(spec: TaskSpec, outputs) -> np.ndarray:
+def seed_values(spec: TaskSpec, outputs, labels: np.ndarray | None = None) -> np.ndarray:
     """``[S, N]`` predicted values of one model: ``outputs`` is one array (logits ``[N, C]``,
-    class ids or scores ``[N]``) or a list of them, one per seed, on the same N examples."""
+    class ids or scores ``[N]``) or a list of them, one per seed, on the same N examples (as many
+    as ``labels``, when given)."""
     many = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     values = [predicted_values(spec, o) for o in many]
     if not values or len({len(v) for v in values}) != 1:
         raise ValueError(f"need one or more seeds' outputs on the same examples; got lengths {[len(v) for v in values]}")
+    if labels is not None and not len(values[0]) == len(labels) > 0:
+        raise ValueError(f"need the same, non-zero number of outputs and labels; got {len(values[0])}, {len(labels)}")
     return np.stack(values)
 
 
@@ -85,10 +88,8 @@ def paired_difference(spec: TaskSpec, outputs_a, outputs_b, labels: np.ndarray, 
     examples.  ``outputs_*``: logits ``[N, C]``, class ids ``[N]`` or scores ``[N]``, or a list of
     those, one per seed (predictions pooled across seeds; each resample draws the same examples
     for every seed of both models)."""
-    a, b, gold = seed_values(spec, outputs_a), seed_values(spec, outputs_b), np.asarray(labels)
-    if not a.shape[1] == b.shape[1] == len(gold) > 0:
-        raise ValueError(f"need the same, non-zero number of outputs and labels; got {a.shape[1]}, {b.shape[1]}, "
-                         f"{len(gold)}")
+    gold = np.asarray(labels)
+    a, b = seed_values(spec, outputs_a, gold), seed_values(spec, outputs_b, gold)
     metric = _pooled_metric(spec)
     observed = metric(a, gold) - metric(b, gold)
     if a.shape == b.shape and np.array_equal(a, b):  # every resample gives 0 (scipy: degenerate distribution)
@@ -102,9 +103,8 @@ def metric_interval(spec: TaskSpec, outputs, labels: np.ndarray, resamples: int 
                     confidence: float = CONFIDENCE, seed: int = SEED) -> tuple[float, float, float]:
     """(value, low, high): ``spec.main_metric`` of one model on N examples (one array, or a list
     of them, one per seed, pooled) and its bootstrap percentile interval: the dev set's own noise."""
-    values, gold = seed_values(spec, outputs), np.asarray(labels)
-    if not values.shape[1] == len(gold) > 0:
-        raise ValueError(f"need the same, non-zero number of outputs and labels; got {values.shape[1]}, {len(gold)}")
+    gold = np.asarray(labels)
+    values = seed_values(spec, outputs, gold)
     metric = _pooled_metric(spec)
     value = metric(values, gold)
     low, high = _example_bootstrap(len(gold), lambda i: metric(values[:, i], gold[i]), resamples, confidence, seed)

@@ -57,11 +57,13 @@ def comparison_table(report: dict, exports: dict[str, dict] | None = None) -> st
     return "\n".join(lines)
 
 
-def _spread(model_report: dict, split: str, main: str) -> str:
+def seed_spread(std: float | None, seeds: int, digits: int = 4) -> str:
     """" ± std (n=K)" for a run trained under K > 1 seeds, else nothing."""
-    seeds = model_report.get("seeds", [])
-    std = model_report.get(f"{split}_std", {}).get(main)
-    return f" ± {std:.4f} (n={len(seeds)})" if len(seeds) > 1 and std is not None else ""
+    return f" ± {std:.{digits}f} (n={seeds})" if seeds > 1 and std is not None else ""
+
+
+def _spread(model_report: dict, split: str, main: str) -> str:
+    return seed_spread(model_report.get(f"{split}_std", {}).get(main), len(model_report.get("seeds", [])))
 
 
 def _fmt(value, digits: int = 4) -> str:
