@@ -16,8 +16,14 @@ with stage("export", ["export"], run_name=f"export/{run_name}", tags={"kdpipe.ru
     from kdpipe.pipeline.export import export_student
     from kdpipe.tracking import registered_model_name
 
+    import json
+
     out = s.path(f"exports/{run_name}")
-    report = export_student(s.params, s.path(student), s.path("data/prepared"), out)
+    # every seed's distill report, the shipped seed first: the model card's mean ± std over seeds
+    seeds = [seed] + [x for x in s.params.distill.seeds if x != seed]
+    seed_reports = {x: json.loads(f.read_text()) for x in seeds
+                    if (f := s.path(f"metrics/distill/{student_name(run_name, x)}.json")).is_file()}
+    report = export_student(s.params, s.path(student), s.path("data/prepared"), out, seed_reports=seed_reports)
     write_json(s.path(f"metrics/export/{run_name}.json"), report)
     s.tracker.log_metrics(report)
     s.tracker.log_artifact(s.path(f"metrics/export/{run_name}.json"))

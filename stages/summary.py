@@ -18,9 +18,10 @@ with stage("summary", []) as s:
         for number, values in by_number(summary).items():
             write_json(tmp / f"{number}.json", values)
     machine = f"machine: {platform.machine()}, {os.cpu_count()} CPU core(s)"
-    write_report(s.path("."), s.path(REPORT_DIR), {"seeds": len(s.params.distill.seeds), "machine": machine})
+    write_report(s.path("."), s.path(REPORT_DIR), {"seeds": len(s.params.distill.seeds), "machine": machine},
+                 s.params)
     s.tracker.log_pipeline_metrics({f"{model}.{k}": v for model, row in summary.items() for k, v in row.items()})
     s.tracker.log_pipeline_artifact(s.path(REPORT_DIR), "report")
     for model, row in summary.items():
         print(f"{model}: " + ", ".join(f"{k} {v:g}" for k, v in row.items()))
-    print(f"report: {REPORT_DIR}/report.md and {REPORT_DIR}/report.html")
+    print(f"report: {REPORT_DIR}/report.md and {REPORT_DIR}/report.html; model cards: {REPORT_DIR}/cards/<run>/README.md")

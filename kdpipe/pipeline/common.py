@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.data.tasks import TaskSpec
+from kdpipe.evaluation.cards import CARD_FILE
 from kdpipe.files import atomic_dir, write_csv
 from kdpipe.models.loading import save_model
 from kdpipe.training.engine import TrainResult, is_main_process
@@ -27,9 +28,12 @@ def write_curves(plots_dir: Path, name: str, result: TrainResult, spec: TaskSpec
 
 
 def save_trained(model, tokenizer, out_dir: Path, plots_dir: Path, name: str, result: TrainResult,
-                 spec: TaskSpec, meta: dict) -> None:
-    """Model folder (atomically) and curves; under a multi-process launch, rank 0 alone writes."""
+                 spec: TaskSpec, meta: dict, card: str | None = None) -> None:
+    """Model folder (atomically) with its model card ``card`` (README.md), and curves; under a
+    multi-process launch, rank 0 alone writes."""
     if is_main_process():
         with atomic_dir(out_dir) as tmp:
             save_model(model, tokenizer, tmp, extra=meta)
+            if card is not None:
+                (tmp / CARD_FILE).write_text(card)
         write_curves(plots_dir, name, result, spec)

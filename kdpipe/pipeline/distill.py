@@ -22,6 +22,7 @@ from kdpipe.data.batches import DistillCollator, Encoder
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec, supplementary_frame
 from kdpipe.env import repo_root
+from kdpipe.evaluation.cards import model_card, student_card_facts
 from kdpipe.files import write_csv
 from kdpipe.methods.base import Method
 from kdpipe.methods.mapping import format_rows
@@ -190,7 +191,8 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     curve = merge_phases({p: o.result for p, o in outcomes.items()})
     save_trained(setup.student, setup.tokenizer, out_dir, plots_dir, setup.model_name, curve, setup.spec, {
         "role": "student", "run": run_name, "seed": setup.seed, "method": setup.method.describe(), "init_layers": setup.layers,
-        "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result})
+        "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result},
+        card=model_card(student_card_facts(params, run_name, setup.seed, result, setup.spec.to_dict())))
     remove_checkpoints(checkpoint_dir)
     return result
 

@@ -143,7 +143,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
         students[run] = report
         outputs[run] = {split: [seed_outputs[run][seed][split] for seed in seeds] for split in teacher_outputs}
     echo(f"evaluate: bootstrap intervals and comparisons ({time.perf_counter() - started:.0f} s so far)")
-    result = {"task": spec.name, "main_metric": main, "teacher": teacher, "students": students}
+    result = {"task": spec.name, "main_metric": main, "spec": spec.to_dict(), "teacher": teacher, "students": students}
     add_intervals(result, spec, outputs, sets)
     add_comparisons(result, spec, {name: o["dev"] for name, o in outputs.items()}, np.asarray(sets["dev"].labels))
     if predictions_dir is not None:

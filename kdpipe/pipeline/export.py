@@ -13,13 +13,14 @@ from kdpipe.config import ExportConfig, Params
 from kdpipe.data.batches import DistillCollator
 from kdpipe.data.splits import load_datasets
 from kdpipe.data.tasks import TaskSpec
+from kdpipe.evaluation.cards import CARD_FILE, CardFacts, model_card, student_card_facts
 from kdpipe.evaluation.latency import latency_inputs
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
 from kdpipe.evaluation.significance import CONFIDENCE, paired_difference
 from kdpipe.export import convert
 from kdpipe.export.runtime import EXPORT_META_FILE, ExportMeta, OnnxTextClassifier
 from kdpipe.files import atomic_dir, write_json
-from kdpipe.models.loading import encoder_for, load_classifier, load_tokenizer
+from kdpipe.models.loading import encoder_for, is_model_dir, load_classifier, load_tokenizer, read_model_meta
 
 REPORT_FILE = "report.json"
 
@@ -27,7 +28,10 @@ class ExportCheckError(RuntimeError):
     """The exported model fails a parity or int8-accuracy gate set in params.yaml."""
 
 
-def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path, echo=print) -> dict:
+def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path, echo=print,
+                   seed_reports: dict[int, dict] | None = None) -> dict:
+    """``seed_reports``: the run's distill reports by seed (the shipped one first), for the model
+    card's dev mean ± std over seeds; without them the card has the shipped seed's own score."""
     cfg = params.export
     spec, sets = load_datasets(data_dir)
     dev = sets["dev"]
@@ -71,7 +75,29 @@ def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: P
             report["int8_gate"] = int8_gate(spec, outputs["fp32"], outputs["int8"], labels, cfg)
         check_gates(report, spec, cfg)
         write_json(tmp / REPORT_FILE, report)
+        meta = read_model_meta(student_dir) if is_model_dir(student_dir) else {}
+        if not seed_reports and "training" in meta:
+            seed_reports = {meta.get("seed"): meta["training"]}
+        (tmp / CARD_FILE).write_text(model_card(export_card_facts(
+            params, meta.get("run", Path(student_dir).parent.name), meta.get("seed"), seed_reports or {}, spec, report)))
     return report
+
+
+def export_card_facts(params: Params, run_name: str, seed: int, seed_reports: dict[int, dict], spec: TaskSpec,
+                      report: dict) -> CardFacts:
+    """The export folder's card: the shipped seed's student facts, the run's dev mean ± std over
+    the seeds in ``seed_reports`` and the export ``report`` (without distill reports: the export's
+    own numbers only)."""
+    if not seed_reports:
+        return CardFacts(run=run_name, method="?", task=spec.to_dict(), teacher=params.teacher.model,
+                         where="export folder", seed=seed, export=report, max_length=params.max_length)
+    facts = student_card_facts(params, run_name, seed, seed_reports.get(seed, next(iter(seed_reports.values()))),
+                               spec.to_dict())
+    scores = [r["best_dev" if r["selected"] == "best" else "last_dev"][spec.main_metric] for r in seed_reports.values()]
+    facts.where, facts.export, facts.seeds = "export folder", report, list(seed_reports)
+    facts.dev = float(np.mean(scores))
+    facts.dev_std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    return facts
 
 
 def export_model_config(config: PretrainedConfig, spec: TaskSpec) -> PretrainedConfig:

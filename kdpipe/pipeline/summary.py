@@ -51,11 +51,13 @@ def by_number(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     return out
 
 
-def write_report(root: Path, out_dir: Path, context: dict | None = None) -> list:
+def write_report(root: Path, out_dir: Path, context: dict | None = None, params=None) -> list:
     """The distillation report (``evaluation.report``) of the run under ``root``, written
-    atomically to ``out_dir``: report.md, report.html (self-contained) and the PNGs they show.
+    atomically to ``out_dir``: report.md, report.html (self-contained) and the PNGs they show,
+    and with ``params`` every run's complete model card (``cards/<run>/README.md``).
     Returns the report's rows."""
     from kdpipe.evaluation import report as rep
+    from kdpipe.evaluation.cards import CARD_FILE, model_card, report_card_facts
     from kdpipe.evaluation.charts import plot_shipped_tradeoff
 
     context = context or {}
@@ -73,6 +75,11 @@ def write_report(root: Path, out_dir: Path, context: dict | None = None) -> list
         if curves.is_file():
             shutil.copy(curves, tmp / "curves.png")
             charts["Training curves"] = "curves.png"
+        for run in evaluation["students"] if params is not None else ():
+            card = tmp / "cards" / run / CARD_FILE
+            card.parent.mkdir(parents=True, exist_ok=True)
+            card.write_text(model_card(report_card_facts(params, evaluation, run, exports.get(run),
+                                                         trainings.get(run))))
         (tmp / "report.md").write_text(rep.markdown_report(rows, evaluation, charts, context))
         (tmp / "report.html").write_text(rep.html_report(rows, evaluation, {t: tmp / f for t, f in charts.items()},
                                                          context))

@@ -236,7 +236,8 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
                     or step == total_steps:
                 if not dev_curve or dev_curve[-1]["step"] != step:
                     evaluate(step)
-            if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total_steps:
+            # none at the last step: the run finishes (best/ and last/ saved) right after it
+            if (step % cfg.checkpoint_every == 0 or end_of_epoch) and step < total_steps:
                 checkpoint(step)
             if step == total_steps or step == stop_after_steps:
                 break
