@@ -169,6 +169,14 @@ def test_the_report_answers_with_intervals_verdicts_and_per_example_predictions(
     assert "![Dev score vs the shipped model's latency](tradeoff.png)" in md and (root / "reports/tradeoff.png").is_file()
     page = (root / "reports/report.html").read_text()
     assert "data:image/png;base64," in page  # renders offline: no external resource, no script
+    # model cards: each folder's from its own stage's numbers, the complete one after evaluate
+    card = (root / "exports/vanilla_kd/README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(kd["dev"]["accuracy"], abs=1e-4)
+    assert "(n=2) over seeds 42, 43" in card and "Ships `model.int8.onnx`" in card
+    assert "evidence only" in (root / "models/students/vanilla_kd/seed-43/README.md").read_text()
+    full = (root / "reports/cards/vanilla_kd/README.md").read_text()
+    assert f"**{kd['versus']['finetune']['verdict']}**" in full
     assert not re.search(r"(src|href)=['\"]?https?:|<script|<link", page)
 
 
