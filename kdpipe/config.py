@@ -202,6 +202,8 @@ class DistillConfig(Strict):
         for name in v:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"run name {name!r} must use letters, digits, '_' or '-' (it names folders)")
+            if name == "teacher":  # exports/teacher, metrics/export/teacher.json and the report's row are the teacher's
+                raise ValueError("run name 'teacher' is the teacher's own (its export and report row): name the run otherwise")
         return v
 
 

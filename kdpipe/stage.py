@@ -51,9 +51,11 @@ def _raise_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def stage(name: str, sections: list[str], run_name: str | None = None,
-          tags: dict[str, Any] | None = None, reads: Sequence[str] = ()) -> Iterator[StageContext]:
+          tags: dict[str, Any] | None = None, reads: Sequence[str] = (), models: bool = True) -> Iterator[StageContext]:
     """``sections`` are the params.yaml sections this stage reads (logged as the run's params);
-    ``reads`` the model folders it loads (checked in the preflight, before any work)."""
+    ``reads`` the model folders it loads (checked in the preflight, before any work).
+    ``models=False``: a stage that reads only reports (summary) skips the preflight against the
+    models' shapes, and with it the torch and transformers imports (8 of its 9 s)."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary outputs are cleaned up
     # and the MLflow run is marked KILLED instead of the process vanishing mid-write.
     apply_defaults()
@@ -63,17 +65,21 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
         remove_stale_temporaries(root, OUTPUT_FOLDERS)
     try:
         params = load_params(root / "params.yaml")
-        from kdpipe.pipeline.preflight import preflight
-        preflight(params, [root / r for r in reads])
+        if models:
+            from kdpipe.pipeline.preflight import preflight
+            preflight(params, [root / r for r in reads])
         if params.tracking.enabled:
             from kdpipe.tracking import check_store
             check_store()
     except _user_errors() as e:
         _fail(name, e, code=2)
     from kdpipe.tracking import stage_run
-    from kdpipe.training.engine import is_main_process
 
-    is_main = is_main_process()
+    if models:
+        from kdpipe.training.engine import is_main_process
+        is_main = is_main_process()
+    else:  # a single process: no launcher, no torch
+        is_main = os.environ.get("RANK", "0") == "0"
     dumped = params.model_dump()
     with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled and is_main,
                    run_name=run_name, tags={"kdpipe.task": params.task.name, **(tags or {})}) as tracker:

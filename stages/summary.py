@@ -4,7 +4,7 @@ report (reports/report.md, reports/report.html), logged to the pipeline's MLflow
 
 from kdpipe.stage import stage
 
-with stage("summary", []) as s:
+with stage("summary", [], models=False) as s:
     import os
     import platform
 

@@ -144,6 +144,8 @@ CASES = [
     Case("max-length-too-short", 'kdpipe data: error: params.yaml: max_length: Input should be greater than 8', {"max_length": 4}),
     Case("run-name-with-a-space", "kdpipe data: error: params.yaml: distill.runs: run name 'my run' must use letters, digits, "
                                   "'_' or '-' (it names folders)", {"distill": {"runs": {"my run": {"method": "vanilla_kd"}}}}),
+    Case("run-named-teacher", "kdpipe data: error: params.yaml: distill.runs: run name 'teacher' is the teacher's own (its "
+                              "export and report row): name the run otherwise", {"distill": {"runs": {"teacher": {"method": "vanilla_kd"}}}}),
     Case("pkd-teacher-layer-out-of-range", 'kdpipe data: error: params.yaml: distill.runs.kd (pkd): pkd.teacher_layers: teacher layer '
                                            '[9] out of range: layers are numbered 1..6 (0 = embeddings, as in hidden_states)',
          {"distill": {"runs": {"kd": {"method": "pkd", "teacher_layers": [9]}}}}),

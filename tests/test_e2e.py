@@ -96,7 +96,7 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
 def test_repro_builds_every_artifact(project):
     root, out = project
     for stage in ("data", "teacher", "teacher_outputs", "distill@finetune-42", "distill@finetune-43",
-                  "distill@vanilla_kd-42", "distill@vanilla_kd-43", "evaluate", "export@finetune", "export@vanilla_kd"):
+                  "distill@vanilla_kd-42", "distill@vanilla_kd-43", "evaluate", "export@finetune", "export@vanilla_kd", "export_teacher", "summary"):
         assert f"'{stage}'" in out, stage
     assert (root / "models/teacher/model.safetensors").exists()
     for run in ("finetune", "vanilla_kd"):
@@ -177,6 +177,11 @@ def test_the_report_answers_with_intervals_verdicts_and_per_example_predictions(
     assert "evidence only" in (root / "models/students/vanilla_kd/seed-43/README.md").read_text()
     full = (root / "reports/cards/vanilla_kd/README.md").read_text()
     assert f"**{kd['versus']['finetune']['verdict']}**" in full
+    # the teacher is measured as ONNX int8 too, by the students' protocol: its row has the same columns
+    teacher_export = json.loads((root / "metrics/export/teacher.json").read_text())
+    teacher_row = next(line for line in md.splitlines() if line.startswith("| teacher"))
+    assert f"{teacher_export['int8']['latency_ms']['batch_1']:.2f}" in teacher_row
+    assert "exported like every student" in (root / "exports/teacher/README.md").read_text()
     assert not re.search(r"(src|href)=['\"]?https?:|<script|<link", page)
 
 
@@ -225,6 +230,8 @@ NOT_RUN_HERE = {
     "for t in cola mrpc rte stsb": "the GLUE suite's queue (as above)",
     "git checkout params.yaml && dvc queue start": "the GLUE suite's queue (as above)",
     "printf 'A man plays.": "needs a sentence-pair export; test_runtime.py and test_cli.py predict pairs",
+    "kdpipe compare --metrics-dir benchmarks/results/": "a measured suite's committed metrics: "
+                                                        "tests/test_readme_results.py checks the output is the README's",
     "torchrun": "multi-process training: test_two_processes_train_one_teacher runs it on 2 CPU processes",
 }
 

@@ -106,3 +106,14 @@ def test_report_files_render_offline(tmp_path):
     assert "<b>pkd</b>" in page
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["report.html", "report.md", "tradeoff.png"]
     assert json.loads((tmp_path / "metrics/evaluate.json").read_text()) == EVALUATION  # read-only
+
+
+def test_teacher_exported_like_the_students_gets_the_same_columns_and_the_headline_ratio():
+    exports = {**EXPORTS, "teacher": _export(0.69, 2.7, mb=22.0)}
+    rows = rep.report_rows(EVALUATION, exports, TRAININGS)
+    assert rows[0].int8_ms["batch_1"] == 2.7 and rep.results_table(rows, "accuracy")[1][9] == "2.70"
+    # pkd ships: 0.9 ms against the teacher's 2.7 ms, 17 MB against 22 MB
+    assert "(3.0x faster and 1.3x smaller than the teacher's int8 ONNX)." in rep.headline(rows, EVALUATION)[0]
+    # the teacher sits on the front only where no student is as good and faster: here pkd beats it on both
+    assert "teacher" not in rep.pareto_front(rows)
+    assert "faster" not in rep.headline(rep.report_rows(EVALUATION, EXPORTS, TRAININGS), EVALUATION)[0]

@@ -144,7 +144,7 @@ def _results(facts: CardFacts) -> list[str]:
             lines.append(f"- Against {label} ({v['run']}): {v['difference']:+.4f} "
                          f"[{v['low']:+.4f}, {v['high']:+.4f}], **{v['verdict']}** (95 % paired bootstrap over dev "
                          f"examples, seeds pooled).")
-    if not facts.versus and facts.where != "report":
+    if not facts.versus and facts.where != "report" and facts.run != "teacher":
         lines.append(f"- Verdicts against the baselines: `reports/cards/{facts.run}/README.md` and "
                      f"`reports/report.md` (written by the pipeline's last stage, once every run is evaluated).")
     return lines
@@ -177,6 +177,10 @@ def model_card(facts: CardFacts) -> str:
     what = (f"A {student.get('layers', '?')}-layer student" if student.get("layers") else "A student") \
         + f" distilled by kdpipe with **{facts.method}** from the teacher `{facts.teacher}`" \
         + f" for {task['name']}: {task['problem']}{labels}, main metric {task['main_metric']}."
+    if facts.run == "teacher":  # exported for the report's size and latency columns only
+        what = (f"The teacher `{facts.teacher}` fine-tuned by kdpipe for {task['name']}: {task['problem']}{labels}, "
+                f"main metric {task['main_metric']}; exported like every student so that sizes and latencies "
+                f"compare under one protocol.")
     details = [f"- Run `{facts.run}`" + (f", seed {facts.seed}" if facts.seed is not None else "")
                + (f" ({'the seed that ships' if facts.seeds and facts.seed == facts.seeds[0] else 'evidence only: the first seed ships'})"
                   if facts.seed is not None and facts.seeds else "") + "."]

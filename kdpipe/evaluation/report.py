@@ -154,6 +154,14 @@ def pareto_front(rows: list[Row]) -> list[str]:
     return front
 
 
+def _against_teacher(row: Row, teacher: Row) -> str:
+    """The shipped student's size and batch-1 speed against the teacher's own int8 ONNX model."""
+    t, r = teacher.int8_ms.get("batch_1"), row.int8_ms.get("batch_1")
+    if not (t and r and teacher.int8_mb):
+        return ""
+    return f" ({t / r:.1f}x faster and {teacher.int8_mb / row.int8_mb:.1f}x smaller than the teacher's int8 ONNX)"
+
+
 def headline(rows: list[Row], evaluation: dict) -> list[str]:
     """The answer in a few sentences: the best student, and what the comparisons can and cannot say."""
     main = evaluation["main_metric"]
@@ -164,7 +172,8 @@ def headline(rows: list[Row], evaluation: dict) -> list[str]:
     teacher = rows[0]
     lines = [f"Best dev {main}: **{best.name}** ({best.method}) at {_score(best)}"
              + f", {_num(best.retention, 1)} % of the teacher's {teacher.dev:.3f}"
-             + (f"; its int8 ONNX model is {best.int8_mb:.1f} MB and answers in {best.int8_ms['batch_1']:.2f} ms at batch 1."
+             + (f"; its int8 ONNX model is {best.int8_mb:.1f} MB and answers in {best.int8_ms['batch_1']:.2f} ms at batch 1"
+                + _against_teacher(best, teacher) + "."
                 if best.int8_ms.get("batch_1") is not None else ".")]
     for role, label in (("finetune", "the no-KD student (finetune)"), ("vanilla_kd", "vanilla KD")):
         compared = [r for r in students if role in r.versus]

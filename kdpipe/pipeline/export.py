@@ -29,9 +29,12 @@ class ExportCheckError(RuntimeError):
 
 
 def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path, echo=print,
-                   seed_reports: dict[int, dict] | None = None) -> dict:
+                   seed_reports: dict[int, dict] | None = None, teacher: bool = False) -> dict:
     """``seed_reports``: the run's distill reports by seed (the shipped one first), for the model
-    card's dev mean ± std over seeds; without them the card has the shipped seed's own score."""
+    card's dev mean ± std over seeds; without them the card has the shipped seed's own score.
+    ``teacher``: export the fine-tuned teacher the same way, for the report's latency and size
+    columns (the same protocol as every student); its gates are reported, never enforced: nothing
+    ships it."""
     cfg = params.export
     spec, sets = load_datasets(data_dir)
     dev = sets["dev"]
@@ -73,8 +76,14 @@ def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: P
         if "int8" in outputs:
             echo(f"export: {label}: int8 gate (agreement, paired bootstrap of the {spec.main_metric} drop)")
             report["int8_gate"] = int8_gate(spec, outputs["fp32"], outputs["int8"], labels, cfg)
-        check_gates(report, spec, cfg)
+        if not teacher:
+            check_gates(report, spec, cfg)
         write_json(tmp / REPORT_FILE, report)
+        if teacher:
+            (tmp / CARD_FILE).write_text(model_card(CardFacts(
+                run="teacher", method="teacher", task=spec.to_dict(), teacher=params.teacher.model,
+                where="export folder", export=report, max_length=params.max_length)))
+            return report
         meta = read_model_meta(student_dir) if is_model_dir(student_dir) else {}
         if not seed_reports and "training" in meta:
             seed_reports = {meta.get("seed"): meta["training"]}
