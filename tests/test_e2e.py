@@ -228,7 +228,7 @@ NOT_RUN_HERE = {
     "kdpipe ui": "a server that runs until stopped: tests/test_cli.py starts it and stops it with SIGTERM",
     "cp suites/": "a suite: hours of training; tests/test_config.py validates every suite's params",
     "for t in cola mrpc rte stsb": "the GLUE suite's queue (as above)",
-    "git checkout params.yaml && dvc queue start": "the GLUE suite's queue (as above)",
+    "git checkout params.yaml && OMP_NUM_THREADS=1 dvc queue start": "the GLUE suite's queue (as above)",
     "printf 'A man plays.": "needs a sentence-pair export; test_runtime.py and test_cli.py predict pairs",
     "kdpipe compare --metrics-dir benchmarks/results/": "a measured suite's committed metrics: "
                                                         "tests/test_readme_results.py checks the output is the README's",

@@ -179,9 +179,16 @@ def test_losses_are_invariant_to_extra_padding(models, phase):
         torch.testing.assert_close(short[key], long[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
+def test_w_h_is_the_identity_for_equal_widths_and_trainable_otherwise_by_default():
+    assert isinstance(mlkd().fit_dense, torch.nn.Identity)  # a student cut from the teacher: its space
+    narrow = mlkd(shapes=Shapes(ModelShape(2, 16, 2), ModelShape(4, 32, 4)))
+    assert narrow.fit_dense.weight.shape == (32, 16)  # the paper's d_S -> d_T map
+    assert mlkd(hidden_projection="trainable").fit_dense.weight.shape == (32, 32)
+
+
 def test_ild_gradients_reach_student_and_fit_dense_never_teacher():
     teacher, student = make_models()
-    method = mlkd()
+    method = mlkd(hidden_projection="trainable")
     s, t = forward(method, (teacher, student), teacher_grad=True)  # the method must cut the teacher off
     method.losses(s, t, LABELS)["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -219,7 +226,7 @@ def test_pred_terms_by_hand_and_no_hard_label_ce(models):
 
 def test_pred_sc_uses_the_contrast_projection_and_gradients():
     teacher, student = make_models()
-    method = mlkd()
+    method = mlkd(hidden_projection="trainable")
     method.set_phase("pred")
     s, t = forward(method, (teacher, student), teacher_grad=True)
     out = method.losses(s, t, LABELS)

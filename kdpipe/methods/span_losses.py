@@ -1,0 +1,78 @@
+"""Losses of the per-position heads: extractive QA (a start and an end distribution over a
+window's positions) and token tagging (a label distribution per token).  Small, pure and
+mask-aware, like the sentence-level ones in ``methods.base``; computed in fp32 (``upcast``).
+
+Masks are bool or 0/1 tensors, True where a position counts: for QA the positions an answer can
+take (padding never: its logits are set to a large negative before every softmax, student's and
+teacher's alike, so neither distribution puts mass there); for tagging the tokens the loss sees.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdpipe.methods.base import upcast
+
+IGNORE = -100  # labels of sub-tokens and special tokens that no loss sees (data.conll.IGNORE)
+
+
+def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logits with the positions outside ``mask`` at the dtype's lowest value (softmax -> 0)."""
+    logits = upcast(logits)
+    return logits.masked_fill(~mask.bool(), torch.finfo(logits.dtype).min)
+
+
+def position_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_T || p_S) of one distribution over positions, p = softmax(z / T) over the
+    positions in ``mask``, averaged over the batch.
+
+    Args: student_logits, teacher_logits [B, L]; mask [B, L].  Returns a scalar.
+    """
+    log_p_s = F.log_softmax(_masked(student_logits, mask) / temperature, dim=-1)
+    log_p_t = F.log_softmax(_masked(teacher_logits, mask) / temperature, dim=-1)
+    # masked positions: p_T = 0 there, and 0 * log(0 / x) is 0, so they add nothing
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask.bool(), 0.0).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def span_kd_loss(student_start: torch.Tensor, student_end: torch.Tensor, teacher_start: torch.Tensor,
+                 teacher_end: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """QA logit KD: the mean of the start and the end distributions' ``position_kd_loss``.
+
+    Args: the four logits [B, L]; mask [B, L] (the window's real tokens).  Returns a scalar.
+    """
+    return (position_kd_loss(student_start, teacher_start, mask, temperature)
+            + position_kd_loss(student_end, teacher_end, mask, temperature)) / 2
+
+
+def span_label_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
+                    end_positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """QA hard-label loss: the mean of the start and end cross-entropies over the positions in
+    ``mask`` (BERT's SQuAD loss; position 0, [CLS], is the target when the window has no answer).
+
+    Args: start_logits, end_logits [B, L]; start_positions, end_positions [B] (long); mask [B, L].
+    """
+    return (F.cross_entropy(_masked(start_logits, mask), start_positions)
+            + F.cross_entropy(_masked(end_logits, mask), end_positions)) / 2
+
+
+def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """Tagging logit KD: T^2 * KL(p_T || p_S) of each token's label distribution, averaged over
+    the tokens in ``mask`` (not over the padded batch).
+
+    Args: student_logits, teacher_logits [B, L, C]; mask [B, L].  Returns a scalar (0 if no token counts).
+    """
+    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
+    per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # [B, L]
+    keep = mask.bool()
+    return per_token[keep].sum() / keep.sum().clamp(min=1) * temperature**2
+
+
+def token_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Tagging hard-label loss: CE over the tokens whose label is not ``IGNORE`` (each word's
+    first sub-token).  Args: logits [B, L, C]; labels [B, L] (long)."""
+    return F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
