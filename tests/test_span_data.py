@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 from kdpipe.data.conll import IGNORE, TaggingDataError, align_tags, label_names, read_conll, read_tagged_jsonl
 from kdpipe.data.squad import QADataError, QAExample, best_answer, example_answers, make_windows, read_squad
+from kdpipe.data.tasks import TaskDataError
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -55,6 +56,9 @@ def test_best_span_respects_order_context_and_length_and_windows_merge_by_score(
     end = np.array([0.0, 0, 0, -1, 4, 8])     # [SEP] highest: not in the context either
     assert best_answer(start, end, offsets, context) == ("Paris is big", 9.0)
     assert best_answer(start, end, offsets, context, max_answer_tokens=2)[0] == "Paris"  # 5 + 0 beats 0.5 + 4, 5 - 1, 0 + 4
+    # logits past the window (batch padding) are never a span; a window without context has none
+    assert best_answer(np.r_[start, 99.0], np.r_[end, 99.0], offsets, context) == ("Paris is big", 9.0)
+    assert best_answer(start, end, [None] * 6, context) == ("", float("-inf"))
     # an end before the start is no span: the best end alone sits before the best start
     assert best_answer(np.array([0, 0, 0, 0, 9.0, 0]), np.array([0, 0, 7.0, 0, 0, 0]), offsets, context) == ("big", 9.0)
     # two windows of one question: the higher-scoring one wins
@@ -110,3 +114,5 @@ def test_bad_squad_file_names_the_question(tmp_path):
         {"id": "q9", "question": "?", "answers": [{"text": "zz", "answer_start": 0}]}]}]}]}))
     with pytest.raises(QADataError, match="question q9: answer 'zz' is not at character 0"):
         read_squad(f)
+    # a task-data error: stages print it as one line and exit 2, like any other bad task input
+    assert issubclass(QADataError, TaskDataError) and issubclass(TaggingDataError, TaskDataError)

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdpipe.data.tasks import TaskDataError
+
 IGNORE = -100  # torch's cross_entropy ignore_index
 
 
-class TaggingDataError(ValueError):
+class TaggingDataError(TaskDataError):
     """A tagging file that cannot be read; the message names the file and line."""
 
 

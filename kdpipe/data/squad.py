@@ -14,8 +14,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
-class QADataError(ValueError):
+from kdpipe.data.tasks import TaskDataError
+
+
+class QADataError(TaskDataError):
     """A QA file that cannot be read; the message names the file and the question."""
 
 
@@ -95,20 +99,20 @@ def make_windows(examples: list[QAExample], tokenizer, max_length: int, stride: 
 def best_answer(start_logits, end_logits, offsets: list[tuple[int, int] | None], context: str,
                 max_answer_tokens: int = 30, top_k: int = 20) -> tuple[str, float]:
     """(text, score) of the best span of one window: start <= end, both inside the context, at most
-    ``max_answer_tokens`` long, score = start + end logit; ("", -inf) when no span qualifies."""
-    import numpy as np
-
-    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
-    best, score = "", float("-inf")
-    for s in np.argsort(start_logits)[::-1][:top_k]:
-        for e in np.argsort(end_logits)[::-1][:top_k]:
-            if s >= len(offsets) or e >= len(offsets) or offsets[s] is None or offsets[e] is None \
-                    or e < s or e - s + 1 > max_answer_tokens:  # past the window (padding), or not a span
-                continue
-            value = float(start_logits[s] + end_logits[e])
-            if value > score:
-                best, score = context[offsets[s][0]:offsets[e][1]], value
-    return best, score
+    ``max_answer_tokens`` long, score = start + end logit, searched among the ``top_k`` best starts
+    and ends (BERT's SQuAD post-processing); ("", -inf) when no span qualifies."""
+    n = len(offsets)  # logits past it are padding
+    context_token = np.array([o is not None for o in offsets], dtype=bool)
+    starts = np.where(context_token, np.asarray(start_logits, dtype=np.float64)[:n], -np.inf)
+    ends = np.where(context_token, np.asarray(end_logits, dtype=np.float64)[:n], -np.inf)
+    s = np.argsort(starts)[::-1][:top_k]
+    e = np.argsort(ends)[::-1][:top_k]
+    length = e[None, :] - s[:, None] + 1                                     # [k, k]
+    scores = np.where((length >= 1) & (length <= max_answer_tokens), starts[s][:, None] + ends[e][None, :], -np.inf)
+    i, j = np.unravel_index(np.argmax(scores), scores.shape)
+    if not np.isfinite(scores[i, j]):
+        return "", float("-inf")
+    return context[offsets[s[i]][0]:offsets[e[j]][1]], float(scores[i, j])
 
 
 def example_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,

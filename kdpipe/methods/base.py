@@ -128,6 +128,26 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() and x.element_size() < 4 else x
 
 
+def mask_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``logits`` (upcast) with the positions outside ``keep`` (bool or 0/1, broadcastable) at the
+    dtype's lowest value, so a softmax gives them no probability."""
+    logits = upcast(logits)
+    return logits.masked_fill(~keep.bool(), torch.finfo(logits.dtype).min)
+
+
+def row_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+           keep: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(softmax(teacher) || softmax(student)) along the last dim, one value per row:
+    [..., n] -> [...].  ``keep`` [..., n] (broadcastable; None = all): positions outside it get no
+    probability on either side and add nothing (p_T = 0 there, and 0 * log(0 / x) = 0)."""
+    s, t = upcast(student_logits), upcast(teacher_logits)
+    if keep is not None:
+        s, t = mask_logits(s, keep), mask_logits(t, keep)
+    log_p_s, log_p_t = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+    terms = log_p_t.exp() * (log_p_t - log_p_s)
+    return (terms if keep is None else terms.masked_fill(~keep.bool(), 0.0)).sum(-1)
+
+
 def label_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     """Hard-label loss: CE over classes, or MSE on the single regression output.
 

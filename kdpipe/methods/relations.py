@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdpipe.methods.base import upcast
+from kdpipe.methods.base import row_kl, upcast
 
 __all__ = ["masked_row_kl", "relation_logits", "token_relation_kl", "sample_relation_kl", "merge_heads",
            "supervised_contrastive"]
@@ -36,12 +36,8 @@ def masked_row_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     if attention_mask is None:
         attention_mask = s.new_ones(b, n)
     real = attention_mask.to(s.dtype)
-    keys = real[:, None, None, :].bool()                                  # [B, 1, 1, n]
-    floor = torch.finfo(s.dtype).min
-    log_p_s = F.log_softmax(s.masked_fill(~keys, floor), dim=-1)
-    log_p_t = F.log_softmax(t.masked_fill(~keys, floor), dim=-1)
-    row_kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~keys, 0.0).sum(-1)  # [B, H, n]
-    per_example = (row_kl * real[:, None, :]).sum((1, 2)) / (real.sum(1) * h).clamp_min(1)
+    kl = row_kl(s, t, real[:, None, None, :].bool())                     # [B, H, n]
+    per_example = (kl * real[:, None, :]).sum((1, 2)) / (real.sum(1) * h).clamp_min(1)
     return per_example.mean()
 
 

@@ -12,15 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdpipe.methods.base import upcast
+from kdpipe.methods.base import mask_logits, row_kl, upcast
 
 IGNORE = -100  # labels of sub-tokens and special tokens that no loss sees (data.conll.IGNORE)
-
-
-def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """logits with the positions outside ``mask`` at the dtype's lowest value (softmax -> 0)."""
-    logits = upcast(logits)
-    return logits.masked_fill(~mask.bool(), torch.finfo(logits.dtype).min)
 
 
 def position_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -30,11 +24,8 @@ def position_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
     Args: student_logits, teacher_logits [B, L]; mask [B, L].  Returns a scalar.
     """
-    log_p_s = F.log_softmax(_masked(student_logits, mask) / temperature, dim=-1)
-    log_p_t = F.log_softmax(_masked(teacher_logits, mask) / temperature, dim=-1)
-    # masked positions: p_T = 0 there, and 0 * log(0 / x) is 0, so they add nothing
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(~mask.bool(), 0.0).sum(-1)
-    return kl.mean() * temperature**2
+    return row_kl(upcast(student_logits) / temperature, upcast(teacher_logits) / temperature, mask).mean() \
+        * temperature**2
 
 
 def span_kd_loss(student_start: torch.Tensor, student_end: torch.Tensor, teacher_start: torch.Tensor,
@@ -54,8 +45,8 @@ def span_label_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_
 
     Args: start_logits, end_logits [B, L]; start_positions, end_positions [B] (long); mask [B, L].
     """
-    return (F.cross_entropy(_masked(start_logits, mask), start_positions)
-            + F.cross_entropy(_masked(end_logits, mask), end_positions)) / 2
+    return (F.cross_entropy(mask_logits(start_logits, mask), start_positions)
+            + F.cross_entropy(mask_logits(end_logits, mask), end_positions)) / 2
 
 
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -65,9 +56,7 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
     Args: student_logits, teacher_logits [B, L, C]; mask [B, L].  Returns a scalar (0 if no token counts).
     """
-    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
-    log_p_t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
-    per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # [B, L]
+    per_token = row_kl(upcast(student_logits) / temperature, upcast(teacher_logits) / temperature)  # [B, L]
     keep = mask.bool()
     return per_token[keep].sum() / keep.sum().clamp(min=1) * temperature**2
 

@@ -29,67 +29,81 @@ class ExportCheckError(RuntimeError):
 
 
 def export_student(params: Params, student_dir: Path, data_dir: Path, out_dir: Path, echo=print,
-                   seed_reports: dict[int, dict] | None = None, teacher: bool = False) -> dict:
-    """``seed_reports``: the run's distill reports by seed (the shipped one first), for the model
-    card's dev mean ± std over seeds; without them the card has the shipped seed's own score.
-    ``teacher``: export the fine-tuned teacher the same way, for the report's latency and size
-    columns (the same protocol as every student); its gates are reported, never enforced: nothing
-    ships it."""
-    cfg = params.export
-    spec, sets = load_datasets(data_dir)
-    dev = sets["dev"]
-    labels = np.asarray(dev.labels)
-    model = load_classifier(student_dir).eval()
-    tokenizer = load_tokenizer(student_dir)
-    encoder = encoder_for(model, tokenizer, params.max_length)
-    loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
-    batches = [b["student"] for _, b in zip(range(cfg.parity_batches), loader)]
-    report: dict = {}
-    label = f"{student_dir.parent.name}/{student_dir.name}"
+                   seed_reports: dict[int, dict] | None = None) -> dict:
+    """ONNX fp32 + int8 of one student in ``out_dir``, failing (``ExportCheckError``, nothing
+    written) when a parity or int8 gate fails.  ``seed_reports``: the run's distill reports by
+    seed (the shipped one first), for the model card's dev mean ± std over seeds; without them the
+    card has the shipped seed's own score."""
     with atomic_dir(out_dir) as tmp:
-        fp32 = tmp / "model.onnx"
-        echo(f"export: {label}: ONNX (dynamo exporter)")
-        input_names = convert.export_onnx(model, batches[0], fp32)
-        tokenizer.save_pretrained(tmp)
-        export_model_config(model.config, spec).save_pretrained(tmp)
-        write_json(tmp / EXPORT_META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
-                                                      problem=spec.problem, max_length=params.max_length,
-                                                      input_names=input_names, task=spec.to_dict()).to_json())
-        echo(f"export: {label}: parity with PyTorch on {len(batches)} dev batch(es)")
-        report["parity"] = convert.parity(model, fp32, batches)
-        variants = {"fp32": fp32}
-        if cfg.int8:
-            echo(f"export: {label}: int8 quantisation")
-            variants["int8"] = tmp / "model.int8.onnx"
-            convert.quantize_int8(fp32, variants["int8"])
-        outputs = {}
-        for name, path in variants.items():
-            echo(f"export: {label}: {name} dev metrics and latency")
-            clf = OnnxTextClassifier.from_dir(tmp, variant=name)
-            outputs[name] = clf.logits(dev.text_a, dev.text_b, batch_size=64)
-            latency = {f"batch_{b}": round(convert.onnx_latency(
-                path, {k: v.numpy() for k, v in latency_inputs(dev, encoder, b).items()},
-                params.evaluate.latency_warmup, params.evaluate.latency_repeats)["median_ms"], 3)
-                for b in params.evaluate.latency_batch_sizes}
-            report[name] = {"dev": compute_metrics(spec, outputs[name], labels), "latency_ms": latency,
-                            "size_mb": round(path.stat().st_size / 2**20, 2)}
-        if "int8" in outputs:
-            echo(f"export: {label}: int8 gate (agreement, paired bootstrap of the {spec.main_metric} drop)")
-            report["int8_gate"] = int8_gate(spec, outputs["fp32"], outputs["int8"], labels, cfg)
-        if not teacher:
-            check_gates(report, spec, cfg)
+        spec, report = _export(params, student_dir, data_dir, tmp, echo)
+        check_gates(report, spec, params.export)
         write_json(tmp / REPORT_FILE, report)
-        if teacher:
-            (tmp / CARD_FILE).write_text(model_card(CardFacts(
-                run="teacher", method="teacher", task=spec.to_dict(), teacher=params.teacher.model,
-                where="export folder", export=report, max_length=params.max_length)))
-            return report
         meta = read_model_meta(student_dir) if is_model_dir(student_dir) else {}
         if not seed_reports and "training" in meta:
             seed_reports = {meta.get("seed"): meta["training"]}
         (tmp / CARD_FILE).write_text(model_card(export_card_facts(
             params, meta.get("run", Path(student_dir).parent.name), meta.get("seed"), seed_reports or {}, spec, report)))
     return report
+
+
+def export_teacher(params: Params, teacher_dir: Path, data_dir: Path, out_dir: Path, echo=print) -> dict:
+    """The fine-tuned teacher exported and measured like every student, for the report's size
+    and latency columns (one protocol for all); its gates are reported, never enforced: nothing
+    ships it."""
+    with atomic_dir(out_dir) as tmp:
+        spec, report = _export(params, teacher_dir, data_dir, tmp, echo)
+        write_json(tmp / REPORT_FILE, report)
+        (tmp / CARD_FILE).write_text(model_card(CardFacts(
+            run="teacher", method="teacher", task=spec.to_dict(), teacher=params.teacher.model,
+            where="export folder", export=report, max_length=params.max_length)))
+    return report
+
+
+def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) -> tuple[TaskSpec, dict]:
+    """Write the ONNX files, tokenizer, config and export meta of ``model_dir`` into ``tmp``;
+    returns the task and the report: parity, dev metrics, size and latency per variant, and the
+    int8 gate's measurements (not yet judged)."""
+    cfg = params.export
+    spec, sets = load_datasets(data_dir)
+    dev = sets["dev"]
+    labels = np.asarray(dev.labels)
+    model = load_classifier(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    encoder = encoder_for(model, tokenizer, params.max_length)
+    loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
+    batches = [b["student"] for _, b in zip(range(cfg.parity_batches), loader)]
+    report: dict = {}
+    label = f"{model_dir.parent.name}/{model_dir.name}"
+    fp32 = tmp / "model.onnx"
+    echo(f"export: {label}: ONNX (dynamo exporter)")
+    input_names = convert.export_onnx(model, batches[0], fp32)
+    tokenizer.save_pretrained(tmp)
+    export_model_config(model.config, spec).save_pretrained(tmp)
+    write_json(tmp / EXPORT_META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
+                                                  problem=spec.problem, max_length=params.max_length,
+                                                  input_names=input_names, task=spec.to_dict()).to_json())
+    echo(f"export: {label}: parity with PyTorch on {len(batches)} dev batch(es)")
+    report["parity"] = convert.parity(model, fp32, batches)
+    variants = {"fp32": fp32}
+    if cfg.int8:
+        echo(f"export: {label}: int8 quantisation")
+        variants["int8"] = tmp / "model.int8.onnx"
+        convert.quantize_int8(fp32, variants["int8"])
+    outputs = {}
+    for name, path in variants.items():
+        echo(f"export: {label}: {name} dev metrics and latency")
+        clf = OnnxTextClassifier.from_dir(tmp, variant=name)
+        outputs[name] = clf.logits(dev.text_a, dev.text_b, batch_size=64)
+        latency = {f"batch_{b}": round(convert.onnx_latency(
+            path, {k: v.numpy() for k, v in latency_inputs(dev, encoder, b).items()},
+            params.evaluate.latency_warmup, params.evaluate.latency_repeats)["median_ms"], 3)
+            for b in params.evaluate.latency_batch_sizes}
+        report[name] = {"dev": compute_metrics(spec, outputs[name], labels), "latency_ms": latency,
+                        "size_mb": round(path.stat().st_size / 2**20, 2)}
+    if "int8" in outputs:
+        echo(f"export: {label}: int8 gate (agreement, paired bootstrap of the {spec.main_metric} drop)")
+        report["int8_gate"] = int8_gate(spec, outputs["fp32"], outputs["int8"], labels, cfg)
+    return spec, report
 
 
 def export_card_facts(params: Params, run_name: str, seed: int, seed_reports: dict[int, dict], spec: TaskSpec,
