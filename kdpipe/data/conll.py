@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdpipe.data.tasks import TaskDataError
+from kdpipe.data.errors import TaskDataError
 
 IGNORE = -100  # torch's cross_entropy ignore_index
 

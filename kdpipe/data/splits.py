@@ -38,12 +38,16 @@ def load_splits(folder: str | Path) -> tuple[TaskSpec, dict[str, pd.DataFrame]]:
 
 
 class TextDataset(Dataset):
-    """Rows of (index, text_a, text_b | None, label); the index addresses teacher caches."""
+    """Rows of (index, text_a, text_b | None, label); the index addresses teacher caches.  A
+    tagging task's text_a is a list of words and its label a list of tag ids, one per word."""
 
     def __init__(self, frame: pd.DataFrame):
         self.text_a = frame["text_a"].tolist()
         self.text_b = frame["text_b"].tolist() if "text_b" in frame else None
         self.labels = frame["label"].tolist()
+        if self.text_a and not isinstance(self.text_a[0], str):  # parquet gives lists back as arrays
+            self.text_a = [[str(w) for w in words] for words in self.text_a]
+            self.labels = [[int(t) for t in tags] for tags in self.labels]
 
     def __len__(self) -> int:
         return len(self.text_a)

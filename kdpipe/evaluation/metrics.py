@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kdpipe.data.conll import IGNORE
 from kdpipe.data.tasks import KNOWN_METRICS, TaskSpec
 
 
@@ -78,6 +79,8 @@ def predicted_values(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
     regression accepts ``[N]`` or ``[N, 1]``.
     """
     predictions = np.asarray(predictions)
+    if spec.problem == "tagging":  # logits [N, W, C] -> tag ids [N, W]
+        return predictions.argmax(-1) if predictions.ndim == 3 else predictions
     if spec.problem == "classification":
         if predictions.ndim == 2:
             if predictions.shape[1] != spec.num_labels:
@@ -98,8 +101,50 @@ def predicted_values(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
     return predictions.astype(np.float64)
 
 
+def tag_sequences(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+    """Tagging: (gold, predicted) IOB2 tag names per example, over the words with a label
+    (``labels`` [N, W], ``IGNORE`` elsewhere) from logits [N, W, C] or tag ids [N, W]."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    ids = predictions.argmax(-1) if predictions.ndim == 3 else predictions
+    if ids.shape != labels.shape:
+        raise ValueError(f"task {spec.name!r}: predictions for {ids.shape} words but labels {labels.shape}")
+    names = np.asarray(spec.labels)
+    keep = labels != IGNORE
+    return ([list(names[y[k]]) for y, k in zip(labels, keep)], [list(names[p[k]]) for p, k in zip(ids, keep)])
+
+
+def entity_counts(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Tagging: [N, 3] per example: its entities found with the exact span and type, its
+    predicted entities, its gold entities (seqeval's entity reading, as conlleval).  Entity F1
+    over any set of examples is ``entity_f1`` of their summed rows, so a bootstrap resamples
+    rows instead of re-reading tags."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    gold, pred = tag_sequences(spec, predictions, labels)
+    counts = np.zeros((len(gold), 3), dtype=np.int64)
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        true, found = set(get_entities(g)), set(get_entities(p))
+        counts[i] = len(true & found), len(found), len(true)
+    return counts
+
+
+def entity_f1(counts: np.ndarray) -> float:
+    """Micro F1 over entities from ``entity_counts`` rows [..., 3]: 2 TP / (predicted + gold)."""
+    tp, predicted, true = np.asarray(counts).reshape(-1, 3).sum(0)
+    return float(2 * tp / (predicted + true)) if predicted + true else 0.0
+
+
+def _tagging_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    if len(labels) == 0:
+        raise ValueError(f"task {spec.name!r}: cannot compute metrics on zero examples")
+    return {"entity_f1": entity_f1(entity_counts(spec, predictions, labels))}
+
+
 def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Every metric in ``spec.metrics``, as python floats, from raw outputs and gold labels."""
+    """Every metric in ``spec.metrics``, as python floats, from raw outputs and gold labels
+    (tagging: per-word logits [N, W, C] and tag ids [N, W], see ``tag_sequences``)."""
+    if spec.problem == "tagging":
+        return _tagging_metrics(spec, predictions, labels)
     pred = predicted_values(spec, predictions)
     gold = np.asarray(labels)
     if gold.ndim == 2 and gold.shape[1] == 1:

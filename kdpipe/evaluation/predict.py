@@ -6,11 +6,14 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from kdpipe.data.conll import IGNORE
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.metrics import compute_metrics
 from kdpipe.methods.base import label_loss
+from kdpipe.models.taps import word_logits
 
 
 @torch.no_grad()
@@ -18,6 +21,8 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
             autocast=None, gather=None) -> tuple[np.ndarray, np.ndarray, float]:
     """Logits [N, C], labels [N] and the mean hard-label loss over ``loader``, in dataset order
     (by the batches' ``index``: a loader may visit examples in any order, e.g. longest first).
+    Tagging: logits [N, W, C] and labels [N, W] per word, W the split's most words (``IGNORE``
+    labels past each example's words).
 
     ``side`` picks which inputs of a DistillCollator batch to feed (the teacher's own
     tokenisation for the teacher).  ``gather`` (``accelerator.gather_for_metrics``) collects
@@ -32,12 +37,18 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
         y, index = batch["labels"].to(device), batch["index"].to(device)
         with autocast() if autocast else contextlib.nullcontext():
             z = model(**inputs).logits.float()
+        if batch.get(f"{side}_words") is not None:
+            z = word_logits(z, batch[f"{side}_words"].to(device))
         if gather is not None:
             z, y, index = gather((z, y, index))
         logits.append(z.cpu())
         labels.append(y.cpu())
         indices.append(index.cpu())
     model.train(was_training)
+    if labels[0].ndim == 2:  # per word: batches hold different word counts
+        words = max(y.shape[1] for y in labels)
+        logits = [F.pad(z, (0, 0, 0, words - z.shape[1])) for z in logits]
+        labels = [F.pad(y, (0, words - y.shape[1]), value=IGNORE) for y in labels]
     order = torch.cat(indices).argsort()
     all_logits, all_labels = torch.cat(logits)[order], torch.cat(labels)[order]
     loss = label_loss(all_logits, all_labels, regression=all_logits.shape[-1] == 1).item()

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from kdpipe.data.tasks import TaskSpec
-from kdpipe.evaluation.metrics import compute_metrics, predicted_values
+from kdpipe.evaluation.metrics import compute_metrics, entity_counts, entity_f1, predicted_values
 from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE, verdict
 
 __all__ = ["BETTER", "TIE", "WORSE", "verdict", "Difference", "paired_difference", "metric_interval",
@@ -64,7 +64,12 @@ def seed_values(spec: TaskSpec, outputs, labels: np.ndarray | None = None) -> np
     class ids or scores ``[N]``) or a list of them, one per seed, on the same N examples (as many
     as ``labels``, when given)."""
     many = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    values = [predicted_values(spec, o) for o in many]
+    if spec.problem == "tagging":  # per example: its entity counts (metrics.entity_counts), [S, N, 3]
+        if labels is None:
+            raise ValueError("tagging outputs are scored per example against their labels: pass labels")
+        values = [entity_counts(spec, o, labels) for o in many]
+    else:
+        values = [predicted_values(spec, o) for o in many]
     if not values or len({len(v) for v in values}) != 1:
         raise ValueError(f"need one or more seeds' outputs on the same examples; got lengths {[len(v) for v in values]}")
     if labels is not None and not len(values[0]) == len(labels) > 0:
@@ -76,6 +81,8 @@ def _pooled_metric(spec: TaskSpec):
     """metric(values [S, N], gold [N]): the main metric of every seed's predictions pooled (for
     accuracy, the mean over seeds), the score a multi-seed run is compared by."""
     main = dataclasses.replace(spec, metrics=(spec.main_metric,))
+    if spec.problem == "tagging":  # values: entity counts [S, N, 3]; F1 of their sums
+        return lambda values, gold: entity_f1(values)
 
     def metric(values: np.ndarray, gold: np.ndarray) -> float:
         return compute_metrics(main, values.ravel(), np.tile(gold, len(values)))[spec.main_metric]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from kdpipe.data.conll import IGNORE
 from kdpipe.methods.mapping import LayerMap, MappingError, build_mapping
 from kdpipe.models.adapters import Shapes
 from kdpipe.models.taps import Mixup, ModelOutputs, Needs
@@ -57,6 +58,9 @@ class Method(nn.Module):
     # A preset's student settings (pea_kd: PTP init, SPS), over the `student` section and under
     # the run's own `student:` overrides.
     student_defaults: ClassVar[dict] = {}
+    # Token tagging (task problem ``tagging``, logits per word): None where the method applies
+    # as it is; otherwise the one-line reason the preflight refuses it with.
+    not_for_tagging: ClassVar[str | None] = "not implemented for token tagging yet"
     student_needs: Needs = Needs()
     teacher_needs: Needs = Needs()
     mapping: LayerMap | None = None
@@ -149,22 +153,35 @@ def row_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    """Hard-label loss: CE over classes, or MSE on the single regression output.
+    """Hard-label loss: CE over classes, or MSE on the single regression output; per word for
+    tagging (CE over the words whose label is not ``IGNORE``).
 
-    Args: logits [B, C] (C = 1 for regression); labels [B] (long, or float for regression).
+    Args: logits [B, C] (C = 1 for regression) or [B, W, C] (tagging); labels [B] (long, or float
+    for regression) or [B, W] (long).
     """
+    if logits.ndim == 3:
+        return F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
     if regression:
         return F.mse_loss(upcast(logits.squeeze(-1)), labels.to(upcast(logits).dtype))
     return F.cross_entropy(upcast(logits), labels)
 
 
-def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(p_T || p_S) with p = softmax(z / T), averaged over the batch.
+def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+               words: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(p_T || p_S) with p = softmax(z / T), averaged over the batch; for tagging, over
+    the words in ``words``.
 
-    Args: student_logits, teacher_logits [B, C].  Returns a scalar.  The T^2 factor keeps the
-    gradient scale comparable across temperatures (Hinton et al.).  Computed in fp32 so bf16
-    autocast does not lose the small probabilities (see ``upcast``).
+    Args: student_logits, teacher_logits [B, C], or [B, W, C] per word with ``words`` [B, W]
+    (True where a word counts).  Returns a scalar.  The T^2 factor keeps the gradient scale
+    comparable across temperatures (Hinton et al.).  Computed in fp32 so bf16 autocast does not
+    lose the small probabilities (see ``upcast``).
     """
+    if student_logits.ndim == 3:
+        if words is None:
+            raise ValueError("per-word logits [B, W, C] need the words that count ([B, W] mask)")
+        kl = row_kl(upcast(student_logits) / temperature, upcast(teacher_logits) / temperature)  # [B, W]
+        keep = words.bool()
+        return kl[keep].sum() / keep.sum().clamp(min=1) * temperature**2
     log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
     log_p_t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
@@ -185,9 +202,10 @@ class PredictionParams(MethodParams):
 
 def prediction_losses(student: ModelOutputs, teacher: ModelOutputs, labels: torch.Tensor, regression: bool,
                       temperature: float) -> dict[str, torch.Tensor]:
-    """{"hard": label loss, "kd": logit KD} for one batch (see ``label_loss`` / ``kd_*_loss``)."""
+    """{"hard": label loss, "kd": logit KD} for one batch (see ``label_loss`` / ``kd_*_loss``);
+    tagging: both per word, over the words with a label."""
     kd = (kd_mse_loss(student.logits, teacher.logits) if regression
-          else kd_kl_loss(student.logits, teacher.logits, temperature))
+          else kd_kl_loss(student.logits, teacher.logits, temperature, labels != IGNORE if labels.ndim == 2 else None))
     return {"hard": label_loss(student.logits, labels, regression), "kd": kd}
 
 
@@ -196,6 +214,7 @@ class FineTune(Method):
 
     name = "finetune"
     needs_teacher = False
+    not_for_tagging = None  # CE per word
 
     def losses(self, student, teacher, labels):
         return {"loss": label_loss(student.logits, labels, self.regression)}

@@ -65,6 +65,8 @@ class MLKDParams(MethodParams):
 
 class MLKD(Method):
     name = "mlkd"
+    not_for_tagging = ("its pred phase's sample relations and supervised contrastive loss compare sentences; "
+                       "stage 1 alone would apply")
     Params = MLKDParams
     phases = ("ild", "pred")
     label_free_phases = ("ild",)

@@ -1,6 +1,7 @@
-"""Losses of the per-position heads: extractive QA (a start and an end distribution over a
-window's positions) and token tagging (a label distribution per token).  Small, pure and
-mask-aware, like the sentence-level ones in ``methods.base``; computed in fp32 (``upcast``).
+"""Losses of extractive QA's per-position heads: a start and an end distribution over a window's
+positions.  Small, pure and mask-aware, like the sentence-level ones in ``methods.base`` (which
+also covers token tagging: ``label_loss`` and ``kd_kl_loss`` on per-word logits [B, W, C]);
+computed in fp32 (``upcast``).
 
 Masks are bool or 0/1 tensors, True where a position counts: for QA the positions an answer can
 take (padding never: its logits are set to a large negative before every softmax, student's and
@@ -13,8 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.methods.base import mask_logits, row_kl, upcast
-
-IGNORE = -100  # labels of sub-tokens and special tokens that no loss sees (data.conll.IGNORE)
 
 
 def position_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -47,21 +46,3 @@ def span_label_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_
     """
     return (F.cross_entropy(mask_logits(start_logits, mask), start_positions)
             + F.cross_entropy(mask_logits(end_logits, mask), end_positions)) / 2
-
-
-def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-    """Tagging logit KD: T^2 * KL(p_T || p_S) of each token's label distribution, averaged over
-    the tokens in ``mask`` (not over the padded batch).
-
-    Args: student_logits, teacher_logits [B, L, C]; mask [B, L].  Returns a scalar (0 if no token counts).
-    """
-    per_token = row_kl(upcast(student_logits) / temperature, upcast(teacher_logits) / temperature)  # [B, L]
-    keep = mask.bool()
-    return per_token[keep].sum() / keep.sum().clamp(min=1) * temperature**2
-
-
-def token_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Tagging hard-label loss: CE over the tokens whose label is not ``IGNORE`` (each word's
-    first sub-token).  Args: logits [B, L, C]; labels [B, L] (long)."""
-    return F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from kdpipe.data.conll import IGNORE
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_loss, upcast
 from kdpipe.methods.projections import projection
 from kdpipe.models.taps import ModelOutputs, Needs
@@ -74,15 +75,20 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float = 1.0) -> torch.Tensor:
-    """-softmax(z_T / t) * log_softmax(z_S / t), averaged over batch AND classes.
+                       temperature: float = 1.0, words: torch.Tensor | None = None) -> torch.Tensor:
+    """-softmax(z_T / t) * log_softmax(z_S / t), averaged over batch AND classes (tagging: over
+    the words in ``words`` and the classes).
 
-    Args: student_logits, teacher_logits [B, C].  Returns a scalar.  The mean over classes is the
-    official code's convention: 1/C of the usual soft CE (which sums over classes); no t^2 factor.
+    Args: student_logits, teacher_logits [B, C], or [B, W, C] per word with ``words`` [B, W]
+    (True where a word counts).  Returns a scalar.  The mean over classes is the official
+    code's convention: 1/C of the usual soft CE (which sums over classes); no t^2 factor.
     """
     log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
     p_t = F.softmax(upcast(teacher_logits) / temperature, dim=-1)
-    return (-p_t * log_p_s).mean()
+    terms = -p_t * log_p_s
+    if words is None:
+        return terms.mean()
+    return terms[words.bool()].mean() if words.any() else terms.sum() * 0.0
 
 
 # ------------------------------------------------------------------------------------------ method
@@ -99,6 +105,7 @@ class TinyBERTParams(MethodParams):
 class TinyBERT(Method):
     name = "tinybert"
     Params = TinyBERTParams
+    not_for_tagging = None  # ild is token-level already; pred: soft CE per word
     phases = ("ild", "pred")
     label_free_phases = ("ild",)
     needs_shapes = True
@@ -154,7 +161,8 @@ class TinyBERT(Method):
         if self.regression:  # the official code fits STS-B's gold scores, not the teacher
             hard = label_loss(student.logits, labels, regression=True)
             return {"loss": hard, "hard": hard}
-        kd = soft_cross_entropy(student.logits, teacher.logits.detach(), self.params.pred_temperature)
+        words = labels != IGNORE if labels.ndim == 2 else None  # tagging: the words with a label
+        kd = soft_cross_entropy(student.logits, teacher.logits.detach(), self.params.pred_temperature, words)
         return {"loss": kd, "kd": kd}
 
     def _ild_losses(self, student: ModelOutputs, teacher: ModelOutputs) -> dict[str, torch.Tensor]:

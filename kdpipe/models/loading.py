@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
+                          PreTrainedModel)
 
 from kdpipe.data.batches import Encoder
 from kdpipe.files import write_json
@@ -61,21 +62,39 @@ def _check_safetensors(file: Path, key: str) -> None:
 
 def load_classifier(path: str | Path, num_labels: int | None = None, problem: str | None = None,
                     attn_implementation: str = "eager") -> PreTrainedModel:
-    """Load a sequence classifier.  ``num_labels``/``problem`` only when a new head is created.
+    """Load a sequence classifier, or a token classifier for ``problem`` tagging (or a saved one).
+    ``num_labels``/``problem`` only when a new head is created.
 
     Eager attention: on CPU it costs the same as sdpa and it is the only implementation that
     returns attention maps, which intermediate-layer methods read.
     """
     kwargs = {"attn_implementation": attn_implementation}
+    tagger = problem == "tagging" or (problem is None and _saved_tagger(path))
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
-        kwargs["problem_type"] = ("regression" if problem == "regression"
-                                  else "single_label_classification")
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        if not tagger:
+            kwargs["problem_type"] = ("regression" if problem == "regression"
+                                      else "single_label_classification")
+    auto = AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification
+    model = auto.from_pretrained(str(path), **kwargs)
     settings = getattr(model.config, "kdpipe_sps", None)
     if settings:  # saved as its L physical layers: share them again as 2L
         apply_sps(model, settings["shuffle"])
     return model
+
+
+def _saved_tagger(path: str | Path) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and any(a.endswith("ForTokenClassification")
+                                    for a in json.loads(config.read_text()).get("architectures") or [])
+
+
+def model_problem(model: PreTrainedModel) -> str:
+    """The task kind a loaded classifier was built for: tagging, regression or classification."""
+    if any(a.endswith("ForTokenClassification") for a in model.config.architectures or []) \
+            or type(model).__name__.endswith("ForTokenClassification"):
+        return "tagging"
+    return "regression" if model.config.problem_type == "regression" else "classification"
 
 
 def load_tokenizer(path: str | Path):

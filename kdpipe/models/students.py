@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from kdpipe.config import StudentConfig
 from kdpipe.models.adapters import family_of, num_layers
-from kdpipe.models.loading import load_classifier, read_model_meta
+from kdpipe.models.loading import load_classifier, model_problem, read_model_meta
 from kdpipe.models.sources import ModelError, resolve_model_path
 from kdpipe.models.sps import apply_sps, physical_state_dict
 
@@ -124,8 +124,7 @@ def make_student(student_cfg: StudentConfig, teacher: nn.Module, teacher_dir: Pa
     set_seed(seed)  # fresh heads are drawn from the RNG
     if student_cfg.init == "pretrained":
         base = resolve_model_path(read_model_meta(teacher_dir)["base_model"])
-        source = load_classifier(base, teacher.config.num_labels,
-                                 "regression" if teacher.config.problem_type == "regression" else None)
+        source = load_classifier(base, teacher.config.num_labels, model_problem(teacher))
         source.config.id2label, source.config.label2id = teacher.config.id2label, teacher.config.label2id
         student = build_student(source, layers)
     else:  # teacher; or ptp, whose encoder replaces these layers' weights next

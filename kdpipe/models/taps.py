@@ -96,7 +96,7 @@ class ModelOutputs:
     that were asked for.  ``cls``/``mean`` are per-example vectors [B, d] per layer: a teacher
     cache fills them directly; for a live model they are derived from ``hidden_states``."""
 
-    logits: torch.Tensor                                  # [B, C]; C = 1 for regression
+    logits: torch.Tensor                                  # [B, C]; C = 1 for regression; tagging [B, W, C] per word
     attention_mask: torch.Tensor | None                   # [B, n], 1 = real token; None from a cache
     hidden_states: dict[int, torch.Tensor] | None = None  # [B, n, d]
     attention_scores: dict[int, torch.Tensor] | None = None  # [B, A, n, n]
@@ -222,15 +222,24 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
 
 
+def word_logits(logits: torch.Tensor, first_tokens: torch.Tensor) -> torch.Tensor:
+    """A token classifier's logits read at each word's first sub-token: [B, n, C] and
+    first_tokens [B, W] (-1 = no such token: padding or truncated) -> [B, W, C], zeros at -1."""
+    index = first_tokens.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index).masked_fill((first_tokens < 0).unsqueeze(-1), 0.0)
+
+
 def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = Needs(),
-              mix: Mixup | None = None) -> ModelOutputs:
+              mix: Mixup | None = None, words: torch.Tensor | None = None) -> ModelOutputs:
     """Forward ``model`` on ``inputs`` capturing what ``needs`` asks for (nothing else is kept);
-    with ``mix``, on the mixed embeddings and the union attention mask."""
+    with ``mix``, on the mixed embeddings and the union attention mask; with ``words`` (tagging:
+    each word's first sub-token, ``Encoder.words``), logits per word."""
     if mix is not None:
         inputs = {**inputs, "attention_mask": mix.union_mask(inputs["attention_mask"])}
     if not needs.any_layer_signal and mix is None:
         out = model(**inputs, return_dict=True)
-        return ModelOutputs(logits=out.logits, attention_mask=inputs["attention_mask"])
+        logits = out.logits if words is None else word_logits(out.logits, words)
+        return ModelOutputs(logits=logits, attention_mask=inputs["attention_mask"])
     with capture(model, needs, mix) as rec:
         out = model(**inputs, return_dict=True)
     s = rec.store
@@ -238,7 +247,7 @@ def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = 
     if needs.attention_scores:
         scores = {layer: attention_scores(q, s["key"][layer]) for layer, q in s.get("query", {}).items()}
     return ModelOutputs(
-        logits=out.logits, attention_mask=inputs["attention_mask"],
+        logits=out.logits if words is None else word_logits(out.logits, words), attention_mask=inputs["attention_mask"],
         hidden_states=s.get("hidden_states", {}) if needs.hidden_states else None,
         attention_scores=scores,
         query=s.get("query", {}) if needs.qkv else None,

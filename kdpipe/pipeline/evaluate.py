@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from kdpipe.config import Params, student_name
-from kdpipe.data.batches import DistillCollator, inference_loader
+from kdpipe.data.batches import DistillCollator, inference_loader, split_labels
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs, torch_latency
@@ -144,21 +144,27 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
         outputs[run] = {split: [seed_outputs[run][seed][split] for seed in seeds] for split in teacher_outputs}
     echo(f"evaluate: bootstrap intervals and comparisons ({time.perf_counter() - started:.0f} s so far)")
     result = {"task": spec.name, "main_metric": main, "spec": spec.to_dict(), "teacher": teacher, "students": students}
-    add_intervals(result, spec, outputs, sets)
-    add_comparisons(result, spec, {name: o["dev"] for name, o in outputs.items()}, np.asarray(sets["dev"].labels))
+    # every model reads the teacher's tokenizer at max_length, so one encoder gives every split's labels
+    encoder = encoder_for(load_classifier(teacher_dir), load_tokenizer(teacher_dir), params.max_length) \
+        if spec.problem == "tagging" else None
+    labels = {split: split_labels(data, encoder) for split, data in sets.items()}
+    add_intervals(result, spec, outputs, labels)
+    add_comparisons(result, spec, {name: o["dev"] for name, o in outputs.items()}, labels["dev"])
     if predictions_dir is not None:
         write_predictions(Path(predictions_dir), spec, {"teacher": teacher_outputs, **{
-            student_name(run, seed): o for run, by_seed in seed_outputs.items() for seed, o in by_seed.items()}}, sets)
+            student_name(run, seed): o for run, by_seed in seed_outputs.items() for seed, o in by_seed.items()}},
+            labels)
     return result
 
 
 def add_intervals(report: dict, spec: TaskSpec, outputs: dict[str, dict[str, list[np.ndarray]]],
-                  sets: dict[str, TextDataset]) -> None:
+                  labels: dict[str, np.ndarray]) -> None:
     """Each model's main metric per split gets its bootstrap interval, ``<split>_interval``
-    (a run's seeds pooled: the interval of its seed-averaged score over the dev set's noise)."""
+    (a run's seeds pooled: the interval of its seed-averaged score over the dev set's noise);
+    ``labels``: each split's, as ``data.batches.split_labels`` gives them."""
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         for split, logits in outputs[name].items():
-            _, low, high = metric_interval(spec, logits, np.asarray(sets[split].labels))
+            _, low, high = metric_interval(spec, logits, labels[split])
             r[f"{split}_interval"] = {"low": low, "high": high, "confidence": CONFIDENCE}
 
 
@@ -202,16 +208,23 @@ def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, list[np
 
 
 def write_predictions(out_dir: Path, spec: TaskSpec, outputs: dict[str, dict[str, np.ndarray]],
-                      sets: dict[str, TextDataset]) -> None:
+                      labels: dict[str, np.ndarray]) -> None:
     """``<model>.parquet`` per model (``teacher``, ``<run>/seed-<seed>``): split, index (row in
     the prepared split), label, prediction and the raw outputs (``logit_<i>``; regression:
-    ``score``), written atomically as one folder."""
+    ``score``), written atomically as one folder.  Tagging: label, prediction and ``logits`` are
+    per-word lists (the words metrics score: ``IGNORE`` labels past them)."""
     with atomic_dir(out_dir) as tmp:
         for name, splits in outputs.items():
             frames = []
             for split, logits in splits.items():
+                predicted = predicted_values(spec, logits)
+                if spec.problem == "tagging":
+                    frames.append(pd.DataFrame({"split": split, "index": np.arange(len(logits)),
+                                                "label": list(labels[split]), "prediction": list(predicted),
+                                                "logits": [z.tolist() for z in logits]}))
+                    continue
                 frame = pd.DataFrame({"split": split, "index": np.arange(len(logits)),
-                                      "label": sets[split].labels, "prediction": predicted_values(spec, logits)})
+                                      "label": labels[split], "prediction": predicted})
                 columns = ["score"] if spec.problem == "regression" else [f"logit_{i}" for i in range(logits.shape[1])]
                 frames.append(pd.concat([frame, pd.DataFrame(logits.reshape(len(logits), -1), columns=columns)],
                                         axis=1))

@@ -65,6 +65,9 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     int8 gate's measurements (not yet judged)."""
     cfg = params.export
     spec, sets = load_datasets(data_dir)
+    if spec.problem == "tagging":
+        raise ExportCheckError(f"export: task {spec.name} is token tagging, whose ONNX export (per-word "
+                               "outputs, torch-free word alignment) is not implemented yet; evaluate has its scores")
     dev = sets["dev"]
     labels = np.asarray(dev.labels)
     model = load_classifier(model_dir).eval()

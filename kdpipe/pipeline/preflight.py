@@ -45,6 +45,9 @@ def preflight(params: Params, reads: Sequence[Path] = ()) -> None:
         except ModelError as e:
             raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
         method = build_run_method(params, run_name, config, regression=problem == "regression")
+        if problem == "tagging" and method.not_for_tagging:
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}: {method.name} does not apply to token "
+                              f"tagging (task {params.task.name}): {method.not_for_tagging}")
         for note in training_notes(params, run_name, method):
             print(f"kdpipe: warning: {note}", file=sys.stderr, flush=True)
         extra = params.distill.runs[run_name].supplementary

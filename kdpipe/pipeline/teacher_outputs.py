@@ -15,11 +15,12 @@ from kdpipe.training.teacher_cache import META, TeacherCache, cache_key, compute
 
 def teacher_outputs(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Path) -> dict:
     cfg = params.distill.teacher_cache
-    if not cfg.enabled:
+    spec, sets = load_datasets(data_dir)
+    # the cache holds per-example vectors; tagging's per-word logits come from the live teacher
+    if not cfg.enabled or spec.problem == "tagging":
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / META, {"key": None, "enabled": False})
         return {"enabled": False}
-    _, sets = load_datasets(data_dir)
     teacher = load_classifier(teacher_dir, attn_implementation="sdpa")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     meta = compute_teacher_cache(teacher, load_tokenizer(teacher_dir), sets["train"], out_dir,

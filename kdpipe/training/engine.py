@@ -204,10 +204,11 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
             with accelerator.autocast():
                 teacher_out = teacher_signal(method, batch, teacher, teacher_cache if use_cache else None,
                                              accelerator.device, mix)
-                student_out = run_model(student, batch["student"], method.student_needs, mix)
+                words = batch.get("student_words")  # tagging: logits per word
+                student_out = run_model(student, batch["student"], method.student_needs, mix, words)
                 if mix is not None and method.needs_clean_pass:
                     with torch.no_grad():  # the consistency target: the student's own clean pass
-                        student_out.clean = run_model(student, batch["student"], method.student_needs)
+                        student_out.clean = run_model(student, batch["student"], method.student_needs, words=words)
                 losses = method_fn(student_out, teacher_out, batch["labels"])
             loss = losses["loss"]
             if not torch.isfinite(loss):
@@ -281,7 +282,7 @@ def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None,
     if not method.needs_teacher:
         return None
     with torch.no_grad():
-        return run_model(teacher, batch["teacher"], method.teacher_needs, mix)
+        return run_model(teacher, batch["teacher"], method.teacher_needs, mix, batch.get("teacher_words"))
 
 
 def _save_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:
