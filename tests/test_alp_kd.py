@@ -193,7 +193,7 @@ def test_total_weights_the_three_terms(models):
     expected = 0.2 * out["hard"] + 0.3 * out["kd"] + 7.0 * out["alp"]
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     defaults = AlpKD.Params()
-    assert (defaults.ce_weight, defaults.kd_weight, defaults.alp_weight, defaults.scale) == (0.5, 0.5, 10.0, "sqrt_d")
+    assert (defaults.ce_weight, defaults.kd_weight, defaults.alp_weight, defaults.scale) == (0.5, 0.5, 1.0, "sqrt_d")
 
 
 def test_unscaled_attention_on_wide_vectors_is_near_one_hot():
@@ -217,7 +217,7 @@ def test_regression_uses_mse_prediction_losses():
     out = method.losses(student, teacher, torch.tensor([0.0, 3.0]))
     assert out["kd"].item() == pytest.approx(1.0)    # ((1-2)^2 + (3-2)^2) / 2
     assert out["hard"].item() == pytest.approx(0.5)  # ((1-0)^2 + 0) / 2
-    assert out["loss"].item() == pytest.approx(0.5 * 0.5 + 0.5 * 1.0 + 10 * out["alp"].item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.5 * 0.5 + 0.5 * 1.0 + 1.0 * out["alp"].item(), rel=1e-6)  # alp_weight 1
 
 
 # -------------------------------------------------------------------------------------- gradients
