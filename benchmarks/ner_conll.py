@@ -1,10 +1,10 @@
-"""CoNLL-2003 NER through the package: teacher, finetune, vanilla_kd and tinybert students, evaluate.
+"""CoNLL-2003 NER through the package: teacher, the students of every method that tags, evaluate.
 
     python benchmarks/ner_conll.py OUT [CONLL_DIR]
 
 3,000 training sentences, scored on the whole dev (3,250) and test (3,453) sets, one seed (about
-7 min on 2 CPU cores).  Prints the comparison table and each step's seconds; writes
-OUT/evaluate.json.  CONLL_DIR defaults to ../shared/data/conll2003 beside the repo.  Results:
+12 min on 2 CPU cores).  Prints the comparison table and each step's seconds; writes
+OUT/evaluate.json.  What OUT already holds is kept (a re-run trains only new runs).  CONLL_DIR defaults to ../shared/data/conll2003 beside the repo.  Results:
 README "Data" (conll2003) and benchmarks/results/ner_conll/evaluate.json.
 """
 import json
@@ -32,14 +32,20 @@ params = parse_params({
     "student": {"num_layers": 3},
     "distill": {"train": {"epochs": 2, "batch_size": 32, "lr": 1e-4}, "seeds": [42],
                 "runs": {"finetune": {"method": "finetune"}, "vanilla_kd": {"method": "vanilla_kd"},
-                         "tinybert": {"method": "tinybert", "phases": {"ild": {"epochs": 2}, "pred": {"epochs": 1}}}}},
+                         "tinybert": {"method": "tinybert", "phases": {"ild": {"epochs": 2}, "pred": {"epochs": 1}}},
+                         "rail_kd_l": {"method": "rail_kd_l"},
+                         "cr_ild": {"method": "cr_ild", "phases": {"ild": {"epochs": 2}, "pred": {"epochs": 1}}}}},
     "evaluate": {"latency_batch_sizes": [1, 32]},
     "tracking": {"enabled": False}})
-times = {}
-t = time.time(); prepare_data(params, Path("."), out / "data"); times["data"] = time.time() - t
-t = time.time(); teacher = train_teacher(params, out / "data", out / "teacher", out / "ck/t", out / "plots"); times["teacher"] = time.time() - t
-print("teacher", teacher["best_dev"], flush=True)
+times = {}  # what OUT already holds (data, teacher, a student) is kept: a re-run trains only new runs
+if not (out / "teacher").exists():
+    t = time.time(); prepare_data(params, Path("."), out / "data"); times["data"] = time.time() - t
+    t = time.time(); teacher = train_teacher(params, out / "data", out / "teacher", out / "ck/t", out / "plots")
+    times["teacher"] = time.time() - t
+    print("teacher", teacher["best_dev"], flush=True)
 for run in params.distill.runs:
+    if (out / f"students/{run}/seed-42").exists():
+        continue
     t = time.time()
     r = distill(params, run, out / "data", out / "teacher", out / f"students/{run}/seed-42", out / f"ck/{run}", out / "plots", seed=42)
     times[run] = time.time() - t

@@ -118,8 +118,12 @@ def test_methods_that_do_not_apply_to_tagging_are_refused_before_any_work():
            "distill": {"runs": {"kd": {"method": "vanilla_kd"}, "p": {"method": "pkd"}}}}
     with pytest.raises(ConfigError, match=r"distill.runs.p: pkd does not apply to token tagging"):
         preflight(parse_params(raw))
-    raw["distill"]["runs"] = {"kd": {"method": "vanilla_kd"}, "t": {"method": "tinybert"}}
-    preflight(parse_params(raw))  # finetune, vanilla_kd and tinybert apply
+    raw["distill"]["runs"] = {"a": {"method": "alp_kd_no"}}
+    with pytest.raises(ConfigError, match=r"distill.runs.a: alp_kd_no does not apply to token tagging.*\[CLS\]"):
+        preflight(parse_params(raw))
+    raw["distill"]["runs"] = {"kd": {"method": "vanilla_kd"}, "t": {"method": "tinybert"},
+                              "r": {"method": "rail_kd_l"}, "c": {"method": "cr_ild"}}
+    preflight(parse_params(raw))  # these apply (test_every_tagging_method_trains_a_word_level_student)
 
 
 def test_ner_teacher_and_students_through_the_python_api(tmp_path, minilm_path):
@@ -174,3 +178,46 @@ def test_per_word_soft_losses_skip_padding_words():
     assert kd_kl_loss(moved, teacher, 2.0, words).item() == pytest.approx(kd_kl_loss(student, teacher, 2.0, words).item())
     with pytest.raises(ValueError, match="need the words that count"):
         kd_kl_loss(student, teacher, 2.0)
+
+
+def _tiny_tagger(layers: int):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(layers)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=CONLL_SPEC.num_labels,
+                        attn_implementation="eager")
+    return BertForTokenClassification(config)
+
+
+@pytest.mark.parametrize("name", ["finetune", "vanilla_kd", "tinybert", "rail_kd_l", "rail_kd_c", "cr_ild"])
+def test_every_tagging_method_trains_a_word_level_student(name, tokenizer):
+    """One step of every phase, as the engine runs it (live teacher, mixup and the clean pass for
+    CR-ILD): a finite loss whose gradient reaches the student."""
+    from kdpipe.methods.registry import build_method
+    from kdpipe.models.adapters import ModelShape, Shapes
+    from kdpipe.training.engine import teacher_signal
+    from kdpipe.models.taps import run_model
+
+    teacher, student = _tiny_tagger(4).eval(), _tiny_tagger(2)
+    method = build_method(name, {}, regression=False,
+                          shapes=Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(4, 32, 4)))
+    encoder = Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], max_length=32)
+    rows = [{"index": 0, "text_a": ["Huggingface", "is", "in", "Brooklyn"], "text_b": None, "label": [5, 0, 0, 1]},
+            {"index": 1, "text_a": ["Paris"], "text_b": None, "label": [1]}]
+    batch = DistillCollator(encoder, encoder, regression=False)(rows)
+    for phase in method.phases:
+        method.set_phase(phase)
+        method.begin_training(2)
+        method.begin_step(1, 0)  # the second epoch: CR-ILD's consistency ramp is on
+        mix = method.mixup(2, "cpu")
+        teacher_out = teacher_signal(method, batch, teacher, None, torch.device("cpu"), mix)
+        student_out = run_model(student, batch["student"], method.student_needs, mix, batch["student_words"])
+        if mix is not None and method.needs_clean_pass:
+            with torch.no_grad():
+                student_out.clean = run_model(student, batch["student"], method.student_needs, words=batch["student_words"])
+        losses = method.losses(student_out, teacher_out, batch["labels"])
+        assert torch.isfinite(losses["loss"]), (name, phase, losses)
+        student.zero_grad()
+        losses["loss"].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), (name, phase)

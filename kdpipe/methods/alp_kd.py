@@ -104,6 +104,8 @@ class AlpKD(Method):
     """ALP-KD: every student layer attends over all teacher layers 1..L_T."""
 
     name = "alp_kd"
+    not_for_tagging = ("it attends with each layer's [CLS] vector, a sentence-level signal (as PKD); the "
+                       "per-token form of the third-party code is not implemented")
     Params = AlpKDParams
     params: AlpKDParams
     teacher_cacheable = True  # logits and per-layer [CLS] vectors only

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from kdpipe.data.conll import IGNORE
 from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, upcast
 from kdpipe.methods.relations import masked_row_kl, merge_heads, relation_logits
 from kdpipe.methods.tinybert import hidden_mse
@@ -86,6 +87,7 @@ def consistency_loss(distance, mixed: torch.Tensor, clean: torch.Tensor, mask: t
 class CRILD(Method):
     name = "cr_ild"
     Params = CRILDParams
+    not_for_tagging = None  # ild is token-level (last layer, mixed inputs); pred: logit KD per word
     phases = ("ild", "pred")
     label_free_phases = ("ild",)
     needs_shapes = True
@@ -171,7 +173,8 @@ class CRILD(Method):
         if self.phase == "pred":
             t = self.params.temperature
             kd = (torch.nn.functional.mse_loss(upcast(student.logits) / t, upcast(teacher.logits) / t)
-                  if self.regression else kd_kl_loss(student.logits, teacher.logits.detach(), t))
+                  if self.regression else kd_kl_loss(student.logits, teacher.logits.detach(), t,
+                                                     labels != IGNORE if labels.ndim == 2 else None))
             return {"loss": kd, "kd": kd}
         if student.attention_mask.shape != teacher.attention_mask.shape:
             raise ValueError("cr_ild: token-level losses need the teacher and student to share a tokenizer")
