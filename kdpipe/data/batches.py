@@ -18,6 +18,11 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from kdpipe.data.conll import IGNORE
 
 
+def word_split(texts) -> bool:
+    """Whether examples are lists of words (tagging) rather than strings."""
+    return bool(texts) and not isinstance(texts[0], str)
+
+
 class Encoder:
     """Tokenises raw text for one model: dynamic padding, truncation, only its own inputs."""
 
@@ -29,9 +34,8 @@ class Encoder:
         return {n: enc[n] for n in self.input_names}
 
     def _encode(self, text_a, text_b, padding=True, tensors="pt"):
-        words = bool(text_a) and not isinstance(text_a[0], str)  # tagging: each example a list of words
         return self.tokenizer(text_a, text_b, truncation=True, max_length=self.max_length, padding=padding,
-                              return_tensors=tensors, is_split_into_words=words)
+                              return_tensors=tensors, is_split_into_words=word_split(text_a))
 
     def words(self, words: list[list[str]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Inputs for word-split examples, and ``first_tokens`` [B, W] (W = the batch's most words):
@@ -73,7 +77,7 @@ class DistillCollator:
     def __call__(self, rows: list[dict]) -> dict:
         text_a = [r["text_a"] for r in rows]
         text_b = None if rows[0]["text_b"] is None else [r["text_b"] for r in rows]
-        if text_a and not isinstance(text_a[0], str):
+        if word_split(text_a):
             return self._words(rows, text_a)
         dtype = torch.float32 if self.regression else torch.long
         return {
@@ -99,7 +103,7 @@ def split_labels(dataset, encoder: Encoder | None) -> np.ndarray:
     """A split's gold labels as the metrics read them: [N] for sentence tasks; for tagging [N, W]
     tag ids (W = the split's most words, what ``predict`` pads to), ``IGNORE`` for padding and for
     the words ``encoder`` truncates away, as in training batches."""
-    if not dataset.labels or not isinstance(dataset.labels[0], list):
+    if not word_split(dataset.text_a):
         return np.asarray(dataset.labels)
     _, first = encoder.words(dataset.text_a)  # [N, W], -1 past each example's words and where cut
     labels = np.full(first.shape, IGNORE, dtype=np.int64)

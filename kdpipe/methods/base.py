@@ -132,6 +132,12 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() and x.element_size() < 4 else x
 
 
+def labelled_words(labels: torch.Tensor) -> torch.Tensor | None:
+    """Tagging's labels [B, W] -> the words that count ([B, W] bool: not ``IGNORE``); None for
+    sentence-level labels [B]."""
+    return labels != IGNORE if labels.ndim == 2 else None
+
+
 def mask_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``logits`` (upcast) with the positions outside ``keep`` (bool or 0/1, broadcastable) at the
     dtype's lowest value, so a softmax gives them no probability."""
@@ -205,7 +211,7 @@ def prediction_losses(student: ModelOutputs, teacher: ModelOutputs, labels: torc
     """{"hard": label loss, "kd": logit KD} for one batch (see ``label_loss`` / ``kd_*_loss``);
     tagging: both per word, over the words with a label."""
     kd = (kd_mse_loss(student.logits, teacher.logits) if regression
-          else kd_kl_loss(student.logits, teacher.logits, temperature, labels != IGNORE if labels.ndim == 2 else None))
+          else kd_kl_loss(student.logits, teacher.logits, temperature, labelled_words(labels)))
     return {"hard": label_loss(student.logits, labels, regression), "kd": kd}
 
 

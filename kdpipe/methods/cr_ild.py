@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from kdpipe.data.conll import IGNORE
-from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, upcast
+from kdpipe.methods.base import Method, MethodConfigError, MethodParams, kd_kl_loss, labelled_words, upcast
 from kdpipe.methods.relations import masked_row_kl, merge_heads, relation_logits
 from kdpipe.methods.tinybert import hidden_mse
 from kdpipe.methods.projections import projection
@@ -173,8 +172,7 @@ class CRILD(Method):
         if self.phase == "pred":
             t = self.params.temperature
             kd = (torch.nn.functional.mse_loss(upcast(student.logits) / t, upcast(teacher.logits) / t)
-                  if self.regression else kd_kl_loss(student.logits, teacher.logits.detach(), t,
-                                                     labels != IGNORE if labels.ndim == 2 else None))
+                  if self.regression else kd_kl_loss(student.logits, teacher.logits.detach(), t, labelled_words(labels)))
             return {"loss": kd, "kd": kd}
         if student.attention_mask.shape != teacher.attention_mask.shape:
             raise ValueError("cr_ild: token-level losses need the teacher and student to share a tokenizer")

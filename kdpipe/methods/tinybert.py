@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from kdpipe.data.conll import IGNORE
-from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_loss, upcast
+from kdpipe.methods.base import Method, MethodConfigError, MethodParams, label_loss, labelled_words, upcast
 from kdpipe.methods.projections import projection
 from kdpipe.models.taps import ModelOutputs, Needs
 
@@ -161,8 +160,8 @@ class TinyBERT(Method):
         if self.regression:  # the official code fits STS-B's gold scores, not the teacher
             hard = label_loss(student.logits, labels, regression=True)
             return {"loss": hard, "hard": hard}
-        words = labels != IGNORE if labels.ndim == 2 else None  # tagging: the words with a label
-        kd = soft_cross_entropy(student.logits, teacher.logits.detach(), self.params.pred_temperature, words)
+        kd = soft_cross_entropy(student.logits, teacher.logits.detach(), self.params.pred_temperature,
+                                labelled_words(labels))
         return {"loss": kd, "kd": kd}
 
     def _ild_losses(self, student: ModelOutputs, teacher: ModelOutputs) -> dict[str, torch.Tensor]:

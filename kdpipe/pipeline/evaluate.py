@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from kdpipe.config import Params, student_name
-from kdpipe.data.batches import DistillCollator, inference_loader, split_labels
+from kdpipe.data.batches import DistillCollator, Encoder, inference_loader, split_labels
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs, torch_latency
@@ -145,8 +145,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
     echo(f"evaluate: bootstrap intervals and comparisons ({time.perf_counter() - started:.0f} s so far)")
     result = {"task": spec.name, "main_metric": main, "spec": spec.to_dict(), "teacher": teacher, "students": students}
     # every model reads the teacher's tokenizer at max_length, so one encoder gives every split's labels
-    encoder = encoder_for(load_classifier(teacher_dir), load_tokenizer(teacher_dir), params.max_length) \
-        if spec.problem == "tagging" else None
+    encoder = Encoder(load_tokenizer(teacher_dir), [], params.max_length) if spec.problem == "tagging" else None
     labels = {split: split_labels(data, encoder) for split, data in sets.items()}
     add_intervals(result, spec, outputs, labels)
     add_comparisons(result, spec, {name: o["dev"] for name, o in outputs.items()}, labels["dev"])
