@@ -23,14 +23,17 @@ from kdpipe.env import apply_defaults
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify texts with an exported model (onnxruntime, no torch)",
+        "predict", help="classify or tag texts with an exported model (onnxruntime, no torch)",
         description="Classify texts with an export folder (model.onnx, tokenizer.json, kdpipe.json). "
                     "Texts come from the arguments, --file, or stdin (one per line; a TAB splits a "
                     "line into a sentence pair). Prints label<TAB>score<TAB>text per input "
-                    "('-' as label for regression), or JSON lines with --json.",
+                    "('-' as label for regression), or JSON lines with --json. A tagging (NER) export "
+                    "prints each text's entities as TYPE[start:end]=text, TAB-separated, with the "
+                    "character spans into the text (--json: entities, tokens and their tags).",
         epilog=_examples("kdpipe predict exports/vanilla_kd \"I love my new phone\" --int8 --json",
                          "printf 'A man plays.\\tSomeone makes music.\\n' | kdpipe predict exports/rte_kd",
-                         "kdpipe predict exports/vanilla_kd --file texts.txt --threads 2"),
+                         "kdpipe predict exports/vanilla_kd --file texts.txt --threads 2",
+                         "kdpipe predict exports/ner_kd \"Peter Blackburn flew to Germany.\" --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by the export stage")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
@@ -207,16 +210,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from kdpipe.export.runtime import OnnxTextClassifier  # onnxruntime import is slow; only when used
+    from kdpipe.export.runtime import OnnxTokenTagger, open_export  # onnxruntime import is slow; only when used
 
     texts, pairs, names = _predict_inputs(args)
-    clf = OnnxTextClassifier.from_dir(args.export_dir, variant="int8" if args.int8 else "fp32",
-                                      threads=args.threads)
+    clf = open_export(args.export_dir, variant="int8" if args.int8 else "fp32", threads=args.threads)
+    if isinstance(clf, OnnxTokenTagger):
+        return _run_tagging(clf, texts, pairs, names, args)
     clf.check_inputs(texts, pairs, names)
     results = clf.predict(texts, pairs, batch_size=args.batch_size)
     for i, result in enumerate(results):
         pair = None if pairs is None else pairs[i]
         print(_format_line(texts[i], pair, result, as_json=args.json))
+    sys.stdout.flush()
+    return 0
+
+
+def _run_tagging(tagger, texts: list[str], pairs: list[str] | None, names: list[str],
+                 args: argparse.Namespace) -> int:
+    if pairs is not None:
+        raise ValueError(f"{names[0]}: got a sentence pair (TAB-separated or --pair), but a tagging model "
+                         f"tags single texts")
+    for text, result in zip(texts, tagger.predict(texts, batch_size=args.batch_size)):
+        if args.json:
+            print(json.dumps({"text": text, **result}, ensure_ascii=False))
+        else:
+            found = "\t".join(f"{e['type']}[{e['start']}:{e['end']}]={e['text']}" for e in result["entities"])
+            print(f"{found or '-'}\t{text}")
     sys.stdout.flush()
     return 0
 

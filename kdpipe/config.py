@@ -38,7 +38,7 @@ class TaskConfig(Strict):
     files: dict[Literal["train", "dev", "test"], str] = Field(default_factory=dict)
     text_columns: list[str] | None = None
     label_column: str | None = None
-    problem: Literal["classification", "regression"] | None = None
+    problem: Literal["classification", "regression", "tagging"] | None = None  # tagging: CoNLL columns or JSON lines
     labels: list[str] | None = None
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_examples: int | None = Field(default=None, gt=0)

@@ -540,7 +540,10 @@ PYFUNC_REQUIREMENTS = ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")
 # The model's code, written next to the runtime when logging (MLflow "models from code": this
 # MLflow refuses to unpickle a PythonModel by default).  It needs neither kdpipe nor torch.
 PYFUNC_CODE = """\"\"\"kdpipe export as an MLflow pyfunc: raw text (and text_b for sentence pairs) in,
-label and score out.  Written by kdpipe.tracking; loads kdpipe/export/runtime.py shipped as code.\"\"\"
+label and score out (tagging: the entities as a JSON list of type, text, start, end, score).
+Written by kdpipe.tracking; loads kdpipe/export/runtime.py shipped as code.\"\"\"
+
+import json
 
 import mlflow
 import pandas as pd
@@ -549,15 +552,19 @@ from mlflow.pyfunc import PythonModel
 
 class KdpipeTextClassifier(PythonModel):
     def load_context(self, context):
-        from kdpipe_export_runtime import OnnxTextClassifier
+        from kdpipe_export_runtime import open_export
 
         variant = (context.model_config or {}).get("variant", "fp32")
-        self.clf = OnnxTextClassifier.from_dir(context.artifacts["export"], variant=variant)
+        self.clf = open_export(context.artifacts["export"], variant=variant)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = _column(model_input, "text")
+        batch_size = int((params or {}).get("batch_size", 32))
+        if self.clf.meta.problem == "tagging":
+            rows = self.clf.predict(texts, batch_size=batch_size)
+            return pd.DataFrame({"entities": [json.dumps(r["entities"], ensure_ascii=False) for r in rows]})
         pairs = _column(model_input, "text_b") if "text_b" in model_input.columns else None
-        rows = self.clf.predict(texts, pairs, batch_size=int((params or {}).get("batch_size", 32)))
+        rows = self.clf.predict(texts, pairs, batch_size=batch_size)
         scores = [r["score"] for r in rows]
         if self.clf.meta.problem == "regression":
             return pd.DataFrame({"score": scores}, dtype="float64")
@@ -606,13 +613,14 @@ def pyfunc_spec(export_dir: Path, code: Path) -> dict[str, Any]:
     pairs = int(meta.task.get("num_text_fields", 1)) == 2
     (code / "kdpipe_pyfunc.py").write_text(PYFUNC_CODE)
     shutil.copy(runtime.__file__, code / f"{RUNTIME_MODULE}.py")
-    example = {"text": ["A man is playing a guitar."]}
+    example = {"text": ["Peter Blackburn flew to Germany." if meta.problem == "tagging" else "A man is playing a guitar."]}
     inputs = [ColSpec("string", "text")]
     if pairs:
         example["text_b"] = ["Someone plays music."]
         inputs.append(ColSpec("string", "text_b"))
-    outputs = [ColSpec("double", "score")] if meta.problem == "regression" else \
-        [ColSpec("string", "label"), ColSpec("double", "score")]
+    outputs = ([ColSpec("double", "score")] if meta.problem == "regression" else
+               [ColSpec("string", "entities")] if meta.problem == "tagging" else
+               [ColSpec("string", "label"), ColSpec("double", "score")])
     signature = ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
                                params=ParamSchema([ParamSpec("batch_size", "long", 32)]))
     return {"python_model": str(code / "kdpipe_pyfunc.py"), "code_paths": [str(code / f"{RUNTIME_MODULE}.py")],

@@ -53,6 +53,49 @@ def test_bad_conll_inputs_name_the_key(tmp_path):
         TaskSpec("t", "tagging", ("O", "B-X"), 1, ("accuracy",), "accuracy")
 
 
+def _write_own_tagging_files(folder):
+    """A JSON-lines train file (IOB2) and a CoNLL-column dev file (IOB1, as CoNLL-2003's)."""
+    import json
+
+    rows = [{"tokens": ["Ada", "Lovelace", "met", "Babbage", "in", "London"],
+             "tags": ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC"]},
+            {"tokens": ["Paris", "is", "big"], "tags": ["B-LOC", "O", "O"]}] * 10
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "dev.conll").write_text("-DOCSTART- O\n\nAda NNP I-PER\nwent VBD O\nto TO O\nRome NNP I-LOC\n\n"
+                                      "London NNP I-LOC\nBridge NNP I-LOC\n")
+
+
+def test_own_tagging_files_are_read_in_either_format(tmp_path):
+    _write_own_tagging_files(tmp_path)
+    cfg = TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl", "dev": "dev.conll"})
+    spec, frames = load_task(cfg, 1, tmp_path)
+    assert spec.problem == "tagging" and spec.labels == ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
+    assert spec.main_metric == "entity_f1" and set(frames) == {"train", "dev"} and len(frames["train"]) == 20
+    dev = frames["dev"]
+    assert list(dev["text_a"][1]) == ["London", "Bridge"]
+    assert [spec.labels[t] for t in dev["label"][0]] == ["B-PER", "O", "O", "B-LOC"]  # IOB1 -> IOB2
+    assert [spec.labels[t] for t in dev["label"][1]] == ["B-LOC", "I-LOC"]
+    carved = load_task(TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl"}), 1, tmp_path)[1]
+    assert set(carved) == {"train", "dev", "test"} and sum(map(len, carved.values())) == 20
+
+
+def test_bad_own_tagging_files_name_the_file_and_key(tmp_path):
+    _write_own_tagging_files(tmp_path)
+    (tmp_path / "odd.conll").write_text("Ada B-PER\nran B-VERB\n")
+    with pytest.raises(TaskDataError, match=r"task.files.dev: tag\(s\) \['B-VERB'\] are not in the train file's"):
+        load_task(TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl", "dev": "odd.conll"}),
+                  1, tmp_path)
+    with pytest.raises(TaskDataError, match="task.text_columns: tagging files carry words and tags"):
+        load_task(TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl"}, text_columns=["t"]),
+                  1, tmp_path)
+    with pytest.raises(TaskDataError, match="task.files.dev: .*missing.conll not found"):
+        load_task(TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl", "dev": "missing.conll"}),
+                  1, tmp_path)
+    with pytest.raises(TaskDataError, match=r"task.labels: .*'O' first"):
+        load_task(TaskConfig(name="custom", problem="tagging", files={"train": "train.jsonl"}, labels=["B-PER", "O"]),
+                  1, tmp_path)
+
+
 def test_word_batches_point_at_first_sub_tokens_and_drop_cut_words(encoder, tokenizer):
     words = [["Huggingface", "is", "in", "Brooklyn"], ["Paris"]]
     inputs, first = encoder.words(words)
@@ -130,7 +173,7 @@ def test_ner_teacher_and_students_through_the_python_api(tmp_path, minilm_path):
     from kdpipe.pipeline.data import prepare_data
     from kdpipe.pipeline.distill import distill
     from kdpipe.pipeline.evaluate import evaluate_models
-    from kdpipe.pipeline.export import ExportCheckError, export_student
+    from kdpipe.pipeline.export import export_student
     from kdpipe.pipeline.teacher import train_teacher
 
     params = parse_params({
@@ -159,8 +202,22 @@ def test_ner_teacher_and_students_through_the_python_api(tmp_path, minilm_path):
             assert r["versus"]["finetune"]["verdict"] in ("better", "worse", "no detectable difference"), run
     saved = pd.read_parquet(tmp_path / "predictions/teacher.parquet")
     assert len(saved) == 200 and len(saved["prediction"][0]) == len(saved["label"][0])
-    with pytest.raises(ExportCheckError, match="token tagging"):
-        export_student(params, tmp_path / "students/vanilla_kd/seed-1", tmp_path / "data", tmp_path / "export")
+    # export: ONNX parity on token logits, the torch-free tagger's per-word dev F1 equal to PyTorch's
+    exported = export_student(params, tmp_path / "students/vanilla_kd/seed-1", tmp_path / "data", tmp_path / "export")
+    assert exported["parity"]["max_abs_diff"] < 1e-4
+    assert exported["fp32"]["dev"]["entity_f1"] == pytest.approx(report["students"]["vanilla_kd"]["dev"]["entity_f1"],
+                                                                 abs=1e-6)
+    gate = exported["int8_gate"]
+    assert gate["agreement_kind"] == "same_tag" and 0.9 <= gate["agreement"] <= 1 and gate["examples"] == 100
+    from kdpipe.export.runtime import OnnxTokenTagger, open_export
+    tagger = open_export(tmp_path / "export", variant="int8")
+    assert isinstance(tagger, OnnxTokenTagger)
+    text = "Peter Blackburn flew to Germany ."
+    result = tagger.predict([text])[0]
+    assert result["tokens"] == ["Peter", "Blackburn", "flew", "to", "Germany", "."]
+    assert len(result["tags"]) == 6
+    for e in result["entities"]:  # character spans into the raw text
+        assert text[e["start"]:e["end"]] == e["text"] and e["type"] in ("PER", "LOC", "ORG", "MISC")
 
 
 def test_per_word_soft_losses_skip_padding_words():

@@ -114,3 +114,30 @@ def test_cache_files_have_one_row_per_example_and_every_layer(parts, tmp_path):
     assert np.load(tmp_path / "cache" / "cls.npy").shape == (40, 5, 32)
     assert np.load(tmp_path / "cache" / "logits.npy").shape == (40, 2)
     assert not list(tmp_path.glob(".cache.tmp-*"))  # written atomically
+
+
+def test_tagging_cache_holds_per_word_float16_logits_cut_to_each_batch(tokenizer, tmp_path):
+    """Token tagging: the cache stores the teacher's logits at each word's first sub-token
+    ([N, W, C], float16), and a batch's lookup gives the live per-word logits for its own words,
+    so vanilla KD per word reads the same targets from it."""
+    import pandas as pd
+    from test_tagging import _tiny_tagger
+
+    teacher = _tiny_tagger(4).eval()
+    sentences = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."], ["Peter", "Blackburn"],
+                 ["BRUSSELS", "1996-08-22"], ["Huggingface", "is", "in", "Brooklyn"]] * 3
+    dataset = TextDataset(pd.DataFrame({"text_a": sentences, "label": [[1] * len(s) for s in sentences]}))
+    meta = compute_teacher_cache(teacher, tokenizer, dataset, tmp_path / "cache", key="k", max_length=32, batch_size=5)
+    assert meta["per_word"] and np.load(tmp_path / "cache/logits.npy").shape == (12, 9, teacher.num_labels)
+    assert np.load(tmp_path / "cache/logits.npy").dtype == np.float16
+    cache = TeacherCache.open(tmp_path / "cache", "k", 12)
+    enc = Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], 32)
+    batch = DistillCollator(enc, enc, regression=False)([dataset[i] for i in (5, 2, 7)])  # at most 4 words
+    method = build_method("vanilla_kd", {}, regression=False, shapes=SHAPES)
+    cached = teacher_signal(method, batch, None, cache, "cpu")
+    live = teacher_signal(method, batch, teacher, None, "cpu")
+    assert cached.logits.shape == live.logits.shape == (3, 4, teacher.num_labels)
+    assert torch.allclose(cached.logits, live.logits, atol=2e-3)  # float16
+    student = run_model(_tiny_tagger(2), batch["student"], method.student_needs, words=batch["student_words"])
+    assert method(student, cached, batch["labels"])["loss"].item() == pytest.approx(
+        method(student, live, batch["labels"])["loss"].item(), rel=1e-3)

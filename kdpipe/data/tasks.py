@@ -519,6 +519,50 @@ def _load_conll_dir(cfg: TaskConfig, root: Path) -> Frames:
     return frames
 
 
+def _load_custom_tagging(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]:
+    """Your own tagging files (task.problem: tagging): CoNLL-style columns (word first, tag last,
+    blank lines between sentences) or JSON lines with ``tokens``/``tags`` (``.jsonl``/``.json``),
+    IOB1 or IOB2 (read as IOB2: the conversion leaves valid IOB2 unchanged).  The tag set is the
+    train file's (or task.labels, IOB2 names with 'O' first); no dev file: dev (and test) are carved
+    from train."""
+    import pandas as pd
+
+    from kdpipe.data.conll import label_names, read_conll, read_tagged_jsonl
+
+    for key in ("text_columns", "label_column"):
+        if getattr(cfg, key):
+            raise TaskDataError(f"task.{key}: tagging files carry words and tags, not columns by name; remove it")
+    sentences = {}
+    for split, name in cfg.files.items():
+        path = _resolve(name, root)
+        if not path.is_file():
+            raise TaskDataError(f"task.files.{split}: {path} not found")
+        read = read_tagged_jsonl if path.suffix.lower() in (".jsonl", ".json") else read_conll
+        sentences[split] = read(path, scheme="iob1")
+        if not sentences[split]:
+            raise TaskDataError(f"task.files.{split}: {path} holds no sentences")
+    labels = tuple(cfg.labels) if cfg.labels else tuple(label_names(sentences["train"]))
+    where = "task.labels" if cfg.labels else f"task.files.train ({cfg.files['train']})"
+    try:
+        spec = TaskSpec(CUSTOM, "tagging", labels, 1, TAGGING_METRICS, "entity_f1")
+    except TaskDataError as e:
+        raise TaskDataError(f"{where}: {e}") from None
+    ids = _label_ids(spec)
+    frames: Frames = {}
+    for split, rows in sentences.items():
+        unknown = sorted({t for s in rows for t in s.tags} - set(ids))
+        if unknown:
+            raise TaskDataError(f"task.files.{split}: tag(s) {unknown[:_SHOW]} are not in the "
+                                f"{'task.labels' if cfg.labels else 'train file'}'s tag set ({', '.join(ids)})")
+        frames[split] = pd.DataFrame({"text_a": [s.tokens for s in rows],
+                                      "label": [[ids[t] for t in s.tags] for s in rows]})
+    if "dev" not in frames:
+        origin = str(_resolve(cfg.files["train"], root))
+        frames = {**frames, **_carve(frames["train"], cfg, seed, stratify=False, origin=origin,
+                                     carve_test="test" not in frames and cfg.test_fraction > 0)}
+    return spec, {s: frames[s] for s in ("train", "dev", "test") if s in frames}
+
+
 def _load_glue_hub(task: GlueTask, cfg: TaskConfig) -> Frames:
     from kdpipe.env import apply_defaults
 
@@ -550,6 +594,8 @@ def _load_custom(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Fram
     if "train" not in cfg.files:
         raise TaskDataError("task.files.train: custom tasks need a train file (task.files: {train: ..., "
                             "dev: ..., test: ...})")
+    if cfg.problem == "tagging":
+        return _load_custom_tagging(cfg, seed, root)
     if not cfg.text_columns:
         raise TaskDataError("task.text_columns: custom tasks need one text column (single sentence) or two "
                             "(sentence pair)")

@@ -4,9 +4,10 @@ Users deploy an export folder without torch or transformers, so this module must
 either (a test checks ``sys.modules`` in a fresh interpreter).  An export folder holds:
 
 - ``model.onnx``       fp32 graph; inputs int64 [batch, seq], output ``logits`` float32 [batch, n]
+                       (tagging: [batch, seq, n], one row per sub-token)
 - ``model.int8.onnx``  optional dynamically quantised copy
 - ``tokenizer.json``   written by a transformers tokenizer's ``save_pretrained``
-- ``kdpipe.json``      ``{"labels": [...] | null, "problem": "classification" | "regression",
+- ``kdpipe.json``      ``{"labels": [...] | null, "problem": "classification" | "regression" | "tagging",
                          "max_length": int, "input_names": [...], "task": {...}}``
 - ``config.json``      the Hugging Face config, for optimum and ``AutoConfig``; not read here
                        (docs/onnx.md §4)
@@ -30,6 +31,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 EXPORT_META_FILE = "kdpipe.json"  # the export folder's ExportMeta (not a model folder's kdpipe.json)
 OUTPUT_NAME = "logits"
+PROBLEMS = ("classification", "regression", "tagging")
 
 Variant = Literal["fp32", "int8"]
 
@@ -73,7 +75,7 @@ class ExportMeta:
     """The contents of ``kdpipe.json``."""
 
     labels: list[str] | None
-    problem: Literal["classification", "regression"]
+    problem: Literal["classification", "regression", "tagging"]
     max_length: int
     input_names: list[str]
     task: dict[str, Any] = field(default_factory=dict)
@@ -90,8 +92,8 @@ class ExportMeta:
         if not isinstance(raw, dict) or "max_length" not in raw:
             raise ValueError(f"{path}: expected an object with at least 'max_length'")
         problem = raw.get("problem", "classification")
-        if problem not in ("classification", "regression"):
-            raise ValueError(f"{path}: problem must be 'classification' or 'regression', got {problem!r}")
+        if problem not in PROBLEMS:
+            raise ValueError(f"{path}: problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
         return cls(labels=raw.get("labels"), problem=problem, max_length=int(raw["max_length"]),
                    input_names=list(raw.get("input_names") or []), task=dict(raw.get("task") or {}))
 
@@ -178,12 +180,9 @@ def to_predictions(logits: np.ndarray, labels: Sequence[str] | None,
     return results
 
 
-class OnnxTextClassifier:
-    """Text (or text-pair) classification/regression with an exported model, no torch needed.
-
-    >>> clf = OnnxTextClassifier.from_dir("exports/vanilla_kd", variant="int8")
-    >>> clf.predict(["what a day"])  # [{"label": "positive", "score": 0.93, "probs": {...}}]
-    """
+class OnnxExport:
+    """An export folder's ONNX session, tokenizer and ``kdpipe.json``; ``open_export`` gives the
+    subclass that fits its task."""
 
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, meta: ExportMeta) -> None:
         self.session = session
@@ -192,11 +191,11 @@ class OnnxTextClassifier:
         self.input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def from_dir(cls, export_dir: str | Path, variant: Variant = "fp32",
-                 threads: int | None = None) -> OnnxTextClassifier:
+    def from_dir(cls, export_dir: str | Path, variant: Variant = "fp32", threads: int | None = None):
         """Load ``model.onnx`` (or ``model.int8.onnx``), ``tokenizer.json`` and ``kdpipe.json``.
 
-        Raises FileNotFoundError naming the missing file, ValueError for an unknown variant.
+        Raises FileNotFoundError naming the missing file, ValueError for an unknown variant or an
+        export of another kind of task than this class reads.
         """
         if variant not in MODEL_FILES:
             raise ValueError(f"variant must be one of {sorted(MODEL_FILES)}, got {variant!r}")
@@ -204,6 +203,9 @@ class OnnxTextClassifier:
         if not folder.is_dir():
             raise FileNotFoundError(f"export folder {folder} not found")
         meta = ExportMeta.load(_require(folder / EXPORT_META_FILE))
+        if (meta.problem == "tagging") != (cls is OnnxTokenTagger) and cls is not OnnxExport:
+            other = "OnnxTokenTagger" if meta.problem == "tagging" else "OnnxTextClassifier"
+            raise ValueError(f"{folder}: a {meta.problem} export; read it with {other} (or open_export)")
         model_path = _require(folder / MODEL_FILES[variant])
         tokenizer = load_tokenizer(folder, meta.max_length)
         try:
@@ -215,13 +217,29 @@ class OnnxTextClassifier:
         return cls(session, tokenizer, meta)
 
     @property
+    def labels(self) -> list[str] | None:
+        return self.meta.labels
+
+
+def open_export(export_dir: str | Path, variant: Variant = "fp32",
+                threads: int | None = None) -> OnnxTextClassifier | OnnxTokenTagger:
+    """The export folder's model as an ``OnnxTokenTagger`` (tagging) or ``OnnxTextClassifier``."""
+    meta = ExportMeta.load(_require(Path(export_dir) / EXPORT_META_FILE)) if Path(export_dir).is_dir() else None
+    kind = OnnxTokenTagger if meta is not None and meta.problem == "tagging" else OnnxTextClassifier
+    return kind.from_dir(export_dir, variant, threads)
+
+
+class OnnxTextClassifier(OnnxExport):
+    """Text (or text-pair) classification/regression with an exported model, no torch needed.
+
+    >>> clf = OnnxTextClassifier.from_dir("exports/vanilla_kd", variant="int8")
+    >>> clf.predict(["what a day"])  # [{"label": "positive", "score": 0.93, "probs": {...}}]
+    """
+
+    @property
     def num_text_fields(self) -> int:
         """1 (single text) or 2 (sentence pairs), from the export's task; 1 if unknown."""
         return int(self.meta.task.get("num_text_fields", 1))
-
-    @property
-    def labels(self) -> list[str] | None:
-        return self.meta.labels
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Tokenise one batch → int64 arrays [batch, longest] for input_ids, attention_mask and
@@ -290,6 +308,115 @@ class OnnxTextClassifier:
         if isinstance(dim, int):
             return dim
         return 1 if self.meta.problem == "regression" else len(self.meta.labels or [])
+
+
+def iob2_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each entity in an IOB2 tag sequence, read as conlleval
+    and seqeval's default mode do: ``B-X`` starts an entity, ``I-X`` continues an ``X`` entity and
+    starts one after anything else, ``O`` ends it."""
+    entities: list[tuple[str, int, int]] = []
+    kind, start = None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, tag_kind = tag.partition("-")
+        if kind is not None and (prefix != "I" or tag_kind != kind):
+            entities.append((kind, start, i - 1))
+            kind = None
+        if prefix in ("B", "I") and kind is None:
+            kind, start = tag_kind, i
+    return entities
+
+
+class OnnxTokenTagger(OnnxExport):
+    """Token tagging (NER) with an exported model, no torch needed: raw text is split into words
+    by the tokenizer's own pre-tokenizer (BERT's: whitespace and punctuation, as CoNLL-2003
+    splits), each word is read at its first sub-token, as in training and evaluation.
+
+    >>> tagger = OnnxTokenTagger.from_dir("exports/vanilla_kd")
+    >>> tagger.predict(["Angela Merkel visited Paris."])[0]["entities"]
+    [{"type": "PER", "text": "Angela Merkel", "start": 0, "end": 13, "score": 0.98}, ...]
+    """
+
+    def split_words(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """``text``'s words with their character spans [start, end)."""
+        pre = self.tokenizer.pre_tokenizer
+        if pre is None:
+            import re
+            return [(m.group(), m.span()) for m in re.finditer(r"\S+", text)]
+        return [(w, (a, b)) for w, (a, b) in pre.pre_tokenize_str(text)]
+
+    def encode_words(self, words: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """int64 inputs [batch, longest] for word-split examples, and ``first`` [batch, W] (W = the
+        most words): each word's first sub-token position, -1 for padding and truncated words."""
+        encodings = self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
+        first = np.full((len(words), max(map(len, words), default=0)), -1, dtype=np.int64)
+        for b, e in enumerate(encodings):
+            previous = None
+            for position, word in enumerate(e.word_ids):
+                if word is not None and word != previous:
+                    first[b, word] = position
+                previous = word
+        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+        return feeds, first
+
+    def word_logits(self, words: Sequence[Sequence[str]], batch_size: int = 32) -> np.ndarray:
+        """Per-word logits float32 [N, W, C] (W = the most words; zeros past each example's words
+        and for words truncation cut off), in the order given.  Batches are cut longest first."""
+        return self._word_logits(words, batch_size)[0]
+
+    def _word_logits(self, words: Sequence[Sequence[str]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(``word_logits``, found [N, W] bool: the word has a sub-token in the model's input)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        most = max(map(len, words), default=0)
+        out = np.zeros((len(words), most, len(self.meta.labels or [])), dtype=np.float32)
+        found = np.zeros((len(words), most), dtype=bool)
+        order = np.argsort([-len(w) for w in words], kind="stable")
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            feeds, first = self.encode_words([words[r] for r in rows])
+            width = int(feeds["attention_mask"].sum(axis=1).max())
+            logits = session_logits(self.session, {k: v[:, :width] for k, v in feeds.items()})  # [b, T, C]
+            picked = np.take_along_axis(logits, np.maximum(first, 0)[:, :, None], axis=1)  # [b, w, C]
+            out[rows, :first.shape[1]] = np.where(first[:, :, None] >= 0, picked, 0.0)
+            found[rows, :first.shape[1]] = first >= 0
+        return out, found
+
+    def tag_words(self, words: Sequence[Sequence[str]], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per word-split example: ``{"tags": [...], "scores": [...], "entities": [...]}``;
+        each entity ``{"type", "words": [first, last], "score"}`` (score: the mean probability of
+        its words' tags).  A word truncation cut off is tagged ``O`` with score 0."""
+        names = list(self.meta.labels or [])
+        logits, found = self._word_logits(words, batch_size)
+        results = []
+        for example, row, seen in zip(words, logits, found):
+            probs = softmax(row[:len(example)].astype(np.float64))
+            ids = probs.argmax(-1)
+            tags = [names[i] if s else "O" for i, s in zip(ids, seen)]
+            scores = [float(p[i]) if s else 0.0 for p, i, s in zip(probs, ids, seen)]
+            entities = [{"type": kind, "words": [a, b], "score": float(np.mean(scores[a:b + 1]))}
+                        for kind, a, b in iob2_entities(tags)]
+            results.append({"tags": tags, "scores": scores, "entities": entities})
+        return results
+
+    def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per raw text: ``{"entities": [{"type", "text", "start", "end", "score"}],
+        "tokens": [...], "tags": [...]}``, entity spans as character offsets [start, end) in the
+        text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        split = [self.split_words(t) for t in texts]
+        tagged = self.tag_words([[w for w, _ in s] or [""] for s in split], batch_size)
+        results = []
+        for text, words, tags in zip(texts, split, tagged):
+            entities = []
+            for e in tags["entities"] if words else []:
+                start, end = words[e["words"][0]][1][0], words[e["words"][1]][1][1]
+                entities.append({"type": e["type"], "text": text[start:end], "start": start, "end": end,
+                                 "score": e["score"]})
+            results.append({"entities": entities, "tokens": [w for w, _ in words],
+                            "tags": tags["tags"][:len(words)]})
+        return results
 
 
 def _as_lists(texts: str | Iterable[str],

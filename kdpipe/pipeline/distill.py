@@ -94,9 +94,8 @@ def setup_run(params: Params, run_name: str, data_dir: Path, teacher_dir: Path,
     mapping = method.mapping_table()
     if mapping:
         echo(format_rows(mapping, f"[{run_name}] {run.method} layer mapping"))
-    # the cache holds per-example vectors; tagging's per-word logits come from the live teacher
     cache = open_cache(params, teacher_cache_dir, teacher_dir, data_dir, len(sets["train"])) \
-        if method.needs_teacher and spec.problem != "tagging" else None
+        if method.needs_teacher else None
     # Hashed once per run (the teacher's weights and the data are read here), then per phase.
     inputs = fingerprint("distill", run_name, run.model_dump(), student_cfg.model_dump(), seed,
                          params.max_length, data_dir, teacher_dir, ptp_source, code=__name__)

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from transformers import PretrainedConfig
 
 from kdpipe.config import ExportConfig, Params
-from kdpipe.data.batches import DistillCollator
+from kdpipe.data.batches import DistillCollator, split_labels
+from kdpipe.data.conll import IGNORE
 from kdpipe.data.splits import load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.cards import CARD_FILE, CardFacts, model_card, student_card_facts
@@ -18,7 +19,7 @@ from kdpipe.evaluation.latency import latency_inputs
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
 from kdpipe.evaluation.significance import CONFIDENCE, paired_difference
 from kdpipe.export import convert
-from kdpipe.export.runtime import EXPORT_META_FILE, ExportMeta, OnnxTextClassifier
+from kdpipe.export.runtime import EXPORT_META_FILE, ExportMeta, open_export
 from kdpipe.files import atomic_dir, write_json
 from kdpipe.models.loading import encoder_for, is_model_dir, load_classifier, load_tokenizer, read_model_meta
 
@@ -65,14 +66,11 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     int8 gate's measurements (not yet judged)."""
     cfg = params.export
     spec, sets = load_datasets(data_dir)
-    if spec.problem == "tagging":
-        raise ExportCheckError(f"export: task {spec.name} is token tagging, whose ONNX export (per-word "
-                               "outputs, torch-free word alignment) is not implemented yet; evaluate has its scores")
     dev = sets["dev"]
-    labels = np.asarray(dev.labels)
     model = load_classifier(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
     encoder = encoder_for(model, tokenizer, params.max_length)
+    labels = split_labels(dev, encoder)  # tagging: [N, W] per word, IGNORE where truncation cut
     loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
     batches = [b["student"] for _, b in zip(range(cfg.parity_batches), loader)]
     report: dict = {}
@@ -95,8 +93,9 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     outputs = {}
     for name, path in variants.items():
         echo(f"export: {label}: {name} dev metrics and latency")
-        clf = OnnxTextClassifier.from_dir(tmp, variant=name)
-        outputs[name] = clf.logits(dev.text_a, dev.text_b, batch_size=64)
+        runtime = open_export(tmp, variant=name)  # what users load: per-word logits read torch-free for tagging
+        outputs[name] = (runtime.word_logits(dev.text_a, batch_size=64) if spec.problem == "tagging"
+                         else runtime.logits(dev.text_a, dev.text_b, batch_size=64))
         latency = {f"batch_{b}": round(convert.onnx_latency(
             path, {k: v.numpy() for k, v in latency_inputs(dev, encoder, b).items()},
             params.evaluate.latency_warmup, params.evaluate.latency_repeats)["median_ms"], 3)
@@ -134,6 +133,7 @@ def export_model_config(config: PretrainedConfig, spec: TaskSpec) -> PretrainedC
     names = list(spec.labels) if spec.labels else [f"LABEL_{i}" for i in range(config.num_labels)]
     out.id2label = dict(enumerate(names))
     out.label2id = {name: i for i, name in enumerate(names)}
+    # tagging too: one softmax per token (transformers' token classifiers read the same value)
     out.problem_type = "regression" if spec.problem == "regression" else "single_label_classification"
     # The graph returns logits only, whatever the distillation student's config asked for.
     out.output_hidden_states = False
@@ -147,17 +147,23 @@ def export_model_config(config: PretrainedConfig, spec: TaskSpec) -> PretrainedC
     return out
 
 
-def prediction_agreement(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray) -> float:
+def prediction_agreement(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> float:
     """How far int8 outputs agree with fp32 ones on the same examples, 1.0 = identical.
 
     classification: the share of examples with the same predicted class.
+    tagging: the share of labelled words (``labels`` [N, W] not ``IGNORE``) with the same tag.
     regression: Lin's concordance correlation of the two outputs; unlike Pearson it also drops
     when int8 shifts or rescales the scores, which a deployment reading them would see.
     """
     a, b = predicted_values(spec, fp32), predicted_values(spec, int8)
+    if spec.problem == "tagging":
+        if labels is None:
+            raise ValueError("tagging agreement is counted over the labelled words: pass labels")
+        keep = np.asarray(labels) != IGNORE
+        a, b = a[keep], b[keep]
     if len(a) != len(b) or len(a) == 0:
         raise ValueError(f"need the same, non-zero number of fp32 and int8 outputs; got {len(a)} and {len(b)}")
-    if spec.problem == "classification":
+    if spec.problem != "regression":
         return float(np.mean(a == b))
     return concordance(a, b)
 
@@ -188,7 +194,7 @@ def int8_gate(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.nda
     drop interval lies above export.int8_max_drop), ``pass_within_noise`` (the drop itself is
     above it, but not by more than the dev set's noise) or ``pass``.
     """
-    agreement = prediction_agreement(spec, fp32, int8)
+    agreement = prediction_agreement(spec, fp32, int8, labels)
     drop, low, high = metric_drop_interval(spec, fp32, int8, labels)
     if agreement < cfg.int8_min_agreement:
         verdict = "fail_agreement"
@@ -197,7 +203,7 @@ def int8_gate(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.nda
     else:
         verdict = "pass_within_noise" if drop > cfg.int8_max_drop else "pass"
     return {"agreement": agreement,
-            "agreement_kind": "same_class" if spec.problem == "classification" else "concordance",
+            "agreement_kind": {"classification": "same_class", "tagging": "same_tag"}.get(spec.problem, "concordance"),
             "metric": spec.main_metric, "drop": drop,
             "drop_interval": {"low": low, "high": high, "confidence": CONFIDENCE},
             "examples": int(len(labels)), "verdict": verdict}
@@ -216,6 +222,8 @@ def check_gates(report: dict, spec: TaskSpec, cfg: ExportConfig) -> None:
     if gate["verdict"] == "fail_agreement":
         what = (f"predicts the same class as fp32 on {gate['agreement']:.3f} of {n} dev examples"
                 if spec.problem == "classification" else
+                f"predicts the same tag as fp32 on {gate['agreement']:.3f} of the words of {n} dev sentences"
+                if spec.problem == "tagging" else
                 f"outputs have a concordance correlation of {gate['agreement']:.3f} with fp32's on {n} dev examples")
         raise ExportCheckError(f"int8 ONNX {what}, below export.int8_min_agreement ({cfg.int8_min_agreement:g}); "
                                f"set export.int8: false or lower the threshold")

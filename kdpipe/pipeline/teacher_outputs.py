@@ -15,9 +15,8 @@ from kdpipe.training.teacher_cache import META, TeacherCache, cache_key, compute
 
 def teacher_outputs(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Path) -> dict:
     cfg = params.distill.teacher_cache
-    spec, sets = load_datasets(data_dir)
-    # the cache holds per-example vectors; tagging's per-word logits come from the live teacher
-    if not cfg.enabled or spec.problem == "tagging":
+    _, sets = load_datasets(data_dir)
+    if not cfg.enabled:
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / META, {"key": None, "enabled": False})
         return {"enabled": False}

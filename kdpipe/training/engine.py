@@ -278,7 +278,8 @@ def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None,
     if teacher_cache is not None:
         if mix is not None:
             raise ValueError(f"{method.name}: a mixed batch cannot be looked up in the teacher cache")
-        return teacher_cache.lookup(batch["index"], device)
+        words = batch["labels"].shape[1] if batch.get("student_words") is not None else None  # tagging
+        return teacher_cache.lookup(batch["index"], device, words)
     if not method.needs_teacher:
         return None
     with torch.no_grad():

@@ -10,6 +10,11 @@ Files: ``logits.npy`` [N, C], ``cls.npy`` and ``mean.npy`` [N, L+1, d] (row i = 
 i, layer 0 = embeddings), and ``meta.json`` with the key the cache was built for: a hash of the
 teacher's weights and tokenizer, the prepared data and max_length.  A cache whose key does not
 match the run's inputs is refused, so stale teacher outputs can never be used silently.
+
+Token tagging: ``logits.npy`` is [N, W, C] per word (W = the train split's most words, read at
+each word's first sub-token as ``taps.word_logits`` does, zeros past a sentence's words), always
+float16: it grows with the words, and a softmax at T >= 1 does not see float16's 1e-3 relative
+error.  The states stay per sentence (RAIL-KD's mean-pooled layers).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from kdpipe.data.batches import DistillCollator
 from kdpipe.data.splits import TextDataset
 from kdpipe.files import atomic_dir, write_json
 from kdpipe.models.loading import MODEL_META_FILE, encoder_for
-from kdpipe.models.taps import ModelOutputs, Needs, masked_mean, run_model
+from kdpipe.models.taps import ModelOutputs, Needs, masked_mean, run_model, word_logits
 
 META = "meta.json"
 
@@ -68,14 +73,20 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
         with autocast:
             out = run_model(teacher, inputs, Needs(hidden_states=True))
         layers = [out.hidden_states[i].float() for i in sorted(out.hidden_states)]
-        logits.append(out.logits.float().cpu().numpy())
+        if batch.get("student_words") is not None:  # tagging: per word, padded to the split's most words
+            words = word_logits(out.logits.float(), batch["student_words"].to(device))
+            most = max(map(len, dataset.text_a))
+            logits.append(torch.nn.functional.pad(words, (0, 0, 0, most - words.shape[1])).cpu().numpy()
+                          .astype(np.float16))
+        else:
+            logits.append(out.logits.float().cpu().numpy())
         cls.append(torch.stack([h[:, 0] for h in layers], 1).cpu().numpy().astype(np_dtype))
         mean.append(torch.stack([masked_mean(h, inputs["attention_mask"]) for h in layers], 1)
                     .cpu().numpy().astype(np_dtype))
     meta = {"key": key, "examples": len(dataset), "layers": len(cls[0][0]) - 1, "hidden": int(cls[0].shape[-1]),
-            "dtype": dtype, "max_length": max_length}
+            "dtype": dtype, "max_length": max_length, "per_word": logits[0].ndim == 3}
     with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "logits.npy", np.concatenate(logits))  # logits stay fp32: they are tiny
+        np.save(tmp / "logits.npy", np.concatenate(logits))  # sentence logits stay fp32: they are tiny
         np.save(tmp / "cls.npy", np.concatenate(cls))
         np.save(tmp / "mean.npy", np.concatenate(mean))
         write_json(tmp / META, meta)
@@ -104,7 +115,10 @@ class TeacherCache:
                                   f"(key {meta['key']} != {expected_key}); re-run the teacher_outputs stage")
         return cls(folder, meta)
 
-    def lookup(self, index: torch.Tensor, device: torch.device | str = "cpu") -> ModelOutputs:
+    def lookup(self, index: torch.Tensor, device: torch.device | str = "cpu",
+               words: int | None = None) -> ModelOutputs:
+        """The cached outputs of train rows ``index`` [B]; per-word logits (tagging) cut to the
+        batch's ``words`` (its most words)."""
         rows = np.sort(index.cpu().numpy())  # sorted reads from the memory map, then back to batch order
         order = np.searchsorted(rows, index.cpu().numpy())
 
@@ -114,6 +128,7 @@ class TeacherCache:
 
         cls, mean = take(self.cls), take(self.mean)
         layers = range(cls.shape[1])
-        return ModelOutputs(logits=take(self.logits), attention_mask=None,
+        logits = take(self.logits if words is None else self.logits[:, :words])
+        return ModelOutputs(logits=logits, attention_mask=None,
                             cls={layer: cls[:, layer] for layer in layers},
                             mean={layer: mean[:, layer] for layer in layers})
