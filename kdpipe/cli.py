@@ -120,7 +120,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
     for name in task_names():
         if name == "custom":
-            print("custom\tyour CSV/TSV/JSON/Parquet files (task.files, task.text_columns, task.label_column)")
+            print("custom\tyour CSV/TSV/JSON/Parquet files (task.files, task.text_columns, task.label_column); "
+                  "tagging: CoNLL columns or JSON lines (task.problem: tagging)")
             continue
         spec = get_task(name)
         labels = ",".join(spec.labels) if spec.labels else "regression"
