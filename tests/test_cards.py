@@ -84,3 +84,18 @@ def test_report_card_carries_evaluates_verdicts():
     assert "Against vanilla KD (vanilla_kd): +0.0040 [-0.0100, +0.0200], **no detectable difference**" in body
     assert "95 % interval [0.6600, 0.7200]" in body and "retention 98.6 %" in body
     assert "reports/cards/pkd/README.md" not in body  # this is that card
+
+
+def test_a_tagging_card_is_a_token_classification_card():
+    from kdpipe.data.tasks import CONLL_SPEC
+
+    export = {**EXPORT, "fp32": {**EXPORT["fp32"], "dev": {"entity_f1": 0.74}},
+              "int8": {**EXPORT["int8"], "dev": {"entity_f1": 0.74}},
+              "int8_gate": {**EXPORT["int8_gate"], "agreement_kind": "same_tag"}}
+    facts = export_card_facts(PARAMS, "tinybert", 42, {}, CONLL_SPEC, export)
+    meta, body = _split(cards.model_card(facts))
+    assert meta["pipeline_tag"] == "token-classification"
+    assert meta["model-index"][0]["results"][0]["task"]["type"] == "token-classification"
+    assert "agreement 0.980 of the words on 500 dev examples" in body
+    assert cards.metadata(cards.student_card_facts(PARAMS, "pkd", 43, _distill_report(0.68), SPEC.to_dict()))[
+        "pipeline_tag"] == "text-classification"

@@ -94,11 +94,16 @@ def _main(facts: CardFacts) -> str:
     return facts.task["main_metric"]
 
 
+def _pipeline_tag(task: dict) -> str:
+    """The Hugging Face pipeline the model serves."""
+    return "token-classification" if task.get("problem") == "tagging" else "text-classification"
+
+
 def metadata(facts: CardFacts) -> dict:
     """The card's YAML front matter (Hugging Face model-card fields)."""
     task = facts.task
     meta = {"library_name": "onnx" if facts.export else "transformers",
-            "pipeline_tag": "text-classification",
+            "pipeline_tag": _pipeline_tag(task),
             "tags": ["kdpipe", "knowledge-distillation", facts.method] + (["onnx"] if facts.export else []),
             "base_model": HUB_IDS.get(facts.teacher, facts.teacher)}
     if task["name"] in GLUE_TASKS:
@@ -113,7 +118,7 @@ def metadata(facts: CardFacts) -> dict:
                         "name": f"dev {_main(facts)} ({shipped[0]} ONNX, seed {facts.seed})"})
     if results:
         meta["model-index"] = [{"name": facts.run, "results": [{
-            "task": {"type": "text-classification"},
+            "task": {"type": _pipeline_tag(task)},
             "dataset": {"name": task["name"], "type": task["name"], "split": "dev"},
             "metrics": results}]}]
     return meta
@@ -164,7 +169,8 @@ def _deployment(facts: CardFacts) -> list[str]:
     gate = export.get("int8_gate")
     if gate:
         lines.append(f"- int8 vs fp32: {main} drop {gate['drop']:+.4f} [{gate['drop_interval']['low']:+.4f}, "
-                     f"{gate['drop_interval']['high']:+.4f}], agreement {gate['agreement']:.3f} on "
+                     f"{gate['drop_interval']['high']:+.4f}], agreement {gate['agreement']:.3f} "
+                     f"{'of the words ' if gate.get('agreement_kind') == 'same_tag' else ''}on "
                      f"{gate['examples']} dev examples: {gate['verdict']}.")
     lines.append("- Run it: `kdpipe predict FOLDER \"some text\"` (torch-free: onnxruntime, tokenizers, numpy).")
     return lines
