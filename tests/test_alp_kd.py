@@ -308,3 +308,38 @@ def test_attention_stays_fp32_under_bf16_autocast():
     assert weights.dtype == loss.dtype == torch.float32
     assert torch.equal(weights, reference)
     assert loss.item() == alp_loss(student[None], teacher, math.sqrt(768))[0].item()
+
+
+# ------------------------------------------------------------------------ per-token form (tagging)
+def test_token_positions_equal_the_cls_form_over_the_real_tokens_as_examples():
+    """positions: tokens is the [CLS] computation with every real token as its own example: built
+    by hand from the real tokens' states, the [CLS] form on them gives the same loss."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # 5 real tokens
+    student = ModelOutputs(torch.randn(2, 3, generator=g), mask, hidden_states={
+        layer: torch.randn(2, 4, 32, generator=g) for layer in (1, 2)})
+    teacher = ModelOutputs(torch.randn(2, 3, generator=g), mask, hidden_states={
+        layer: torch.randn(2, 4, 32, generator=g) for layer in range(1, 5)})
+    tokens = build(AlpKD, positions="tokens")
+    real = mask.bool()
+    as_examples = lambda out: ModelOutputs(out.logits, torch.ones(5, 1), hidden_states={  # noqa: E731
+        layer: h[real].unsqueeze(1) for layer, h in out.hidden_states.items()})  # [5, 1, d]: each token a [CLS]
+    by_cls, _ = build(AlpKD).alp_terms(as_examples(student), as_examples(teacher))
+    by_tokens, weights = tokens.alp_terms(student, teacher)
+    assert weights.shape == (2, 5, 4) and torch.allclose(by_tokens, by_cls, atol=1e-6)
+    padded = {layer: h.clone() for layer, h in student.hidden_states.items()}
+    for h in padded.values():
+        h[~real] = 1e3  # padding positions do not count
+    moved, _ = tokens.alp_terms(ModelOutputs(student.logits, mask, hidden_states=padded), teacher)
+    assert torch.allclose(moved, by_tokens)
+
+
+def test_token_positions_apply_to_tagging_and_read_the_live_teacher():
+    tokens, cls = build(AlpKD, positions="tokens"), build(AlpKD)
+    assert tokens.not_for_tagging is None and not tokens.teacher_cacheable
+    assert "positions: tokens" in cls.not_for_tagging and cls.teacher_cacheable
+    with pytest.raises(ValueError, match="one tokenisation"):
+        g = torch.Generator().manual_seed(0)
+        s = ModelOutputs(None, torch.ones(1, 3), hidden_states={1: torch.randn(1, 3, 32, generator=g)})
+        t = ModelOutputs(None, torch.ones(1, 4), hidden_states={1: torch.randn(1, 4, 32, generator=g)})
+        tokens.alp_terms(s, t)

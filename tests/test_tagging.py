@@ -165,7 +165,8 @@ def test_methods_that_do_not_apply_to_tagging_are_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"distill.runs.a: alp_kd_no does not apply to token tagging.*\[CLS\]"):
         preflight(parse_params(raw))
     raw["distill"]["runs"] = {"kd": {"method": "vanilla_kd"}, "t": {"method": "tinybert"},
-                              "r": {"method": "rail_kd_l"}, "c": {"method": "cr_ild"}}
+                              "r": {"method": "rail_kd_l"}, "c": {"method": "cr_ild"},
+                              "a": {"method": "alp_kd", "positions": "tokens"}}
     preflight(parse_params(raw))  # these apply (test_every_tagging_method_trains_a_word_level_student)
 
 
@@ -247,7 +248,8 @@ def _tiny_tagger(layers: int):
     return BertForTokenClassification(config)
 
 
-@pytest.mark.parametrize("name", ["finetune", "vanilla_kd", "tinybert", "rail_kd_l", "rail_kd_c", "cr_ild"])
+@pytest.mark.parametrize("name", ["finetune", "vanilla_kd", "tinybert", "rail_kd_l", "rail_kd_c", "cr_ild",
+                                  "alp_kd:tokens", "alp_kd_no:tokens"])
 def test_every_tagging_method_trains_a_word_level_student(name, tokenizer):
     """One step of every phase, as the engine runs it (live teacher, mixup and the clean pass for
     CR-ILD): a finite loss whose gradient reaches the student."""
@@ -257,7 +259,8 @@ def test_every_tagging_method_trains_a_word_level_student(name, tokenizer):
     from kdpipe.models.taps import run_model
 
     teacher, student = _tiny_tagger(4).eval(), _tiny_tagger(2)
-    method = build_method(name, {}, regression=False,
+    name, _, positions = name.partition(":")
+    method = build_method(name, {"positions": positions} if positions else {}, regression=False,
                           shapes=Shapes(student=ModelShape(2, 32, 4), teacher=ModelShape(4, 32, 4)))
     encoder = Encoder(tokenizer, ["input_ids", "attention_mask", "token_type_ids"], max_length=32)
     rows = [{"index": 0, "text_a": ["Huggingface", "is", "in", "Brooklyn"], "text_b": None, "label": [5, 0, 0, 1]},

@@ -8,6 +8,12 @@ pulled towards the attention-weighted fusion of their [CLS] vectors:
     L_ALP  = sum_i MSE(h_S^i, f^i)               (MSE = element mean over B x d)
     L      = ce_weight * CE + kd_weight * T^2 KL + alp_weight * L_ALP     (regression: MSEs, see base)
 
+``positions: tokens`` applies the same attention at every real token instead of [CLS] (the
+third-party reimplementation's ``*_hidden`` form; a different method from the paper's default):
+each real token of each student layer attends over that token's teacher layers, and the MSE
+averages over the real tokens.  It is the form that applies to token tagging, and it needs the
+teacher's tokenisation (one shared tokenizer), as every token-level term does.
+
 Candidates: every teacher layer 1..L_T (``alp_kd``), the student layer's non-overlapping bucket
 (``alp_kd_no``) or that bucket widened by one layer on each side (``alp_kd_po``; the overlap size
 is the spec's proposal).  The bucket variants are the full attention with a mask over teacher
@@ -49,6 +55,8 @@ class AlpKDParams(PredictionParams):
     # unscaled dot products of wide un-normalised states give a one-hot eps (§4.7)
     scale: Literal["sqrt_d", "none"] = "sqrt_d"
     detach_attention: bool = False  # ablation: stop the gradient through eps
+    # cls: the paper's [CLS] vectors; tokens: the same attention at every real token (token tagging)
+    positions: Literal["cls", "tokens"] = "cls"
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -93,6 +101,17 @@ def alp_loss(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, scale: floa
     return total, torch.stack(weights)
 
 
+def token_vectors(student: ModelOutputs, teacher: ModelOutputs):
+    """``vector(out, layer)`` -> [R, d]: the layer's states at the batch's R real tokens (the
+    student's attention mask, which must be the teacher's: one tokenisation), rows in the same
+    order for both models, so each token attends over its own teacher states."""
+    if student.attention_mask is None or teacher.attention_mask is None \
+            or student.attention_mask.shape != teacher.attention_mask.shape:
+        raise ValueError("alp_kd positions: tokens needs the live teacher and the student on one tokenisation")
+    real = student.attention_mask.bool()
+    return lambda out, layer: out.hidden_states[layer][real]
+
+
 def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
     """Mean entropy (nats) of attention rows: weights [..., J] -> scalar.  0 log 0 = 0, so masked
     layers do not count; the maximum is log(number of allowed layers)."""
@@ -104,11 +123,8 @@ class AlpKD(Method):
     """ALP-KD: every student layer attends over all teacher layers 1..L_T."""
 
     name = "alp_kd"
-    not_for_tagging = ("it attends with each layer's [CLS] vector, a sentence-level signal (as PKD); the "
-                       "per-token form of the third-party code is not implemented")
     Params = AlpKDParams
     params: AlpKDParams
-    teacher_cacheable = True  # logits and per-layer [CLS] vectors only
     needs_shapes = True
     strategy: Strategy = "all"
     overlap = False
@@ -129,12 +145,27 @@ class AlpKD(Method):
         self.student_needs = Needs(hidden_states=True, layers=self.mapping.student_layers)
         self.teacher_needs = Needs(hidden_states=True, layers=self.mapping.teacher_layers)
 
+    @property
+    def not_for_tagging(self) -> str | None:  # type: ignore[override]
+        if self.params.positions == "tokens":
+            return None
+        return ("it attends with each layer's [CLS] vector, a sentence-level signal (as PKD); set "
+                "positions: tokens for the per-token form")
+
+    @property
+    def teacher_cacheable(self) -> bool:  # type: ignore[override]
+        return self.params.positions == "cls"  # the cache holds logits and per-layer [CLS] vectors
+
     def alp_terms(self, student: ModelOutputs, teacher: ModelOutputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_ALP, eps [I, B, J]): row i is student layer ``mapping.student[i]``, column j teacher
-        layer ``teacher_layers[j]``."""
-        student_vecs = torch.stack([self.width_map(upcast(cls_vector(student, layer)))
-                                    for layer in self.mapping.student])                              # [I, B, d_T]
-        teacher_vecs = torch.stack([cls_vector(teacher, layer) for layer in self.teacher_layers], dim=1)  # [B, J, d_T]
+        """(L_ALP, eps [I, R, J]): row i is student layer ``mapping.student[i]``, column j teacher
+        layer ``teacher_layers[j]``; R = the batch's examples ([CLS]) or its real tokens (tokens)."""
+        if self.params.positions == "tokens":
+            vector = token_vectors(student, teacher)
+        else:
+            vector = cls_vector
+        student_vecs = torch.stack([self.width_map(upcast(vector(student, layer)))
+                                    for layer in self.mapping.student])                           # [I, R, d_T]
+        teacher_vecs = torch.stack([vector(teacher, layer) for layer in self.teacher_layers], dim=1)  # [R, J, d_T]
         return alp_loss(student_vecs, teacher_vecs, self.scale, self.allowed, self.params.detach_attention)
 
     def losses(self, student, teacher, labels):
