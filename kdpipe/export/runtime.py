@@ -248,11 +248,7 @@ class OnnxTextClassifier(OnnxExport):
             encodings = self.tokenizer.encode_batch(list(texts))
         else:
             encodings = self.tokenizer.encode_batch(list(zip(texts, pairs)))
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+        return _feeds(encodings)
 
     def logits(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
                batch_size: int = 32) -> np.ndarray:
@@ -355,10 +351,7 @@ class OnnxTokenTagger(OnnxExport):
                 if word is not None and word != previous:
                     first[b, word] = position
                 previous = word
-        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
-        return feeds, first
+        return _feeds(encodings), first
 
     def word_logits(self, words: Sequence[Sequence[str]], batch_size: int = 32) -> np.ndarray:
         """Per-word logits float32 [N, W, C] (W = the most words; zeros past each example's words
@@ -417,6 +410,13 @@ class OnnxTokenTagger(OnnxExport):
             results.append({"entities": entities, "tokens": [w for w, _ in words],
                             "tags": tags["tags"][:len(words)]})
         return results
+
+
+def _feeds(encodings) -> dict[str, np.ndarray]:
+    """int64 [batch, longest] input_ids, attention_mask and token_type_ids of padded encodings."""
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
 
 def _as_lists(texts: str | Iterable[str],

@@ -66,6 +66,7 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DistillCollator(encoder, None, False))
     np_dtype = np.dtype(dtype)
     logits, cls, mean = [], [], []
+    most = max(map(len, dataset.text_a), default=0)  # tagging: the split's most words, what every row pads to
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
         else torch.autocast("cpu", enabled=False)
     for batch in tqdm(loader, desc="teacher outputs", dynamic_ncols=True):
@@ -75,7 +76,6 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
         layers = [out.hidden_states[i].float() for i in sorted(out.hidden_states)]
         if batch.get("student_words") is not None:  # tagging: per word, padded to the split's most words
             words = word_logits(out.logits.float(), batch["student_words"].to(device))
-            most = max(map(len, dataset.text_a))
             logits.append(torch.nn.functional.pad(words, (0, 0, 0, most - words.shape[1])).cpu().numpy()
                           .astype(np.float16))
         else:
