@@ -23,23 +23,32 @@ from kdpipe.env import apply_defaults
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify or tag texts with an exported model (onnxruntime, no torch)",
+        "predict", help="classify, tag or answer questions with an exported model (onnxruntime, no torch)",
         description="Classify texts with an export folder (model.onnx, tokenizer.json, kdpipe.json). "
                     "Texts come from the arguments, --file, or stdin (one per line; a TAB splits a "
                     "line into a sentence pair). Prints label<TAB>score<TAB>text per input "
                     "('-' as label for regression), or JSON lines with --json. A tagging (NER) export "
                     "prints each text's entities as TYPE[start:end]=text, TAB-separated, with the "
-                    "character spans into the text (--json: entities, tokens and their tags).",
+                    "character spans into the text (--json: entities, tokens and their tags). An extractive "
+                    "QA export answers --question from --context (or --context-file), or every line of "
+                    "--file/stdin: question<TAB>context, or JSON lines with question and context; it "
+                    "prints answer<TAB>score<TAB>question (--json: the answer's character span too).",
         epilog=_examples("kdpipe predict exports/vanilla_kd \"I love my new phone\" --int8 --json",
                          "printf 'A man plays.\\tSomeone makes music.\\n' | kdpipe predict exports/rte_kd",
                          "kdpipe predict exports/vanilla_kd --file texts.txt --threads 2",
-                         "kdpipe predict exports/ner_kd \"Peter Blackburn flew to Germany.\" --json"),
+                         "kdpipe predict exports/ner_kd \"Peter Blackburn flew to Germany.\" --json",
+                         "kdpipe predict exports/qa_kd --question \"Who won?\" --context \"The Broncos beat the "
+                         "Panthers 24-10.\""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by the export stage")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--pair", nargs="+", metavar="TEXT_B", help="second sentences, one per TEXT")
     p.add_argument("--file", type=Path, metavar="PATH",
                    help="one text per line, or TSV with two columns for sentence pairs")
+    p.add_argument("--question", action="append", metavar="TEXT", help="QA: a question (repeat for several)")
+    p.add_argument("--context", action="append", metavar="TEXT", help="QA: the passage to answer from, one "
+                   "per --question (or one for all)")
+    p.add_argument("--context-file", type=Path, metavar="PATH", help="QA: a UTF-8 file holding the passage")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx instead of model.onnx")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     p.add_argument("--batch-size", type=_bounded("--batch-size", 1, 4096), default=32, metavar="N",
@@ -211,10 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from kdpipe.export.runtime import OnnxTokenTagger, open_export  # onnxruntime import is slow; only when used
+    from kdpipe.export.runtime import OnnxQuestionAnswerer, OnnxTokenTagger, open_export  # slow import: only when used
 
-    texts, pairs, names = _predict_inputs(args)
     clf = open_export(args.export_dir, variant="int8" if args.int8 else "fp32", threads=args.threads)
+    qa_options = [o for o, v in (("--question", args.question), ("--context", args.context),
+                                 ("--context-file", args.context_file)) if v]
+    if isinstance(clf, OnnxQuestionAnswerer):
+        return _run_qa(clf, *_qa_inputs(args), args)
+    if qa_options:
+        raise ValueError(f"{', '.join(qa_options)}: only for an extractive QA export; {args.export_dir} is "
+                         f"a {clf.meta.problem} model")
+    texts, pairs, names = _predict_inputs(args)
     if isinstance(clf, OnnxTokenTagger):
         return _run_tagging(clf, texts, pairs, names, args)
     clf.check_inputs(texts, pairs, names)
@@ -239,6 +255,69 @@ def _run_tagging(tagger, texts: list[str], pairs: list[str] | None, names: list[
             print(f"{found or '-'}\t{text}")
     sys.stdout.flush()
     return 0
+
+
+def _run_qa(qa, questions: list[str], contexts: list[str], args: argparse.Namespace) -> int:
+    for question, result in zip(questions, qa.answer(questions, contexts, batch_size=args.batch_size)):
+        if args.json:
+            print(json.dumps({"question": question, **result}, ensure_ascii=False))
+        else:
+            score = "-" if result["score"] is None else f"{result['score']:.4f}"
+            print(f"{result['answer'] or '-'}\t{score}\t{question}")
+    sys.stdout.flush()
+    return 0
+
+
+def _qa_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Questions and their contexts: --question with --context/--context-file, or --file/stdin
+    lines (question<TAB>context, or JSON objects with ``question`` and ``context``)."""
+    if args.texts or args.pair:
+        raise ValueError("a QA export takes --question and --context (or --file/stdin lines), not TEXT/--pair")
+    if args.question:
+        if args.context and args.context_file:
+            raise ValueError("give --context or --context-file, not both")
+        if args.context_file:
+            if not args.context_file.is_file():
+                raise FileNotFoundError(f"--context-file {args.context_file} not found")
+            contexts = [args.context_file.read_text(encoding="utf-8-sig")]
+        elif args.context:
+            contexts = list(args.context)
+        else:
+            raise ValueError("--question needs the passage: --context TEXT or --context-file PATH")
+        if len(contexts) == 1:
+            contexts = contexts * len(args.question)
+        if len(contexts) != len(args.question):
+            raise ValueError(f"got {len(args.question)} --question but {len(contexts)} --context; give one "
+                             f"context per question, or one for all")
+        return list(args.question), contexts
+    if args.context or args.context_file:
+        raise ValueError("--context needs --question")
+    source = str(args.file) if args.file else "stdin"
+    if args.file and not args.file.is_file():
+        raise FileNotFoundError(f"--file {args.file} not found")
+    lines = args.file.read_text(encoding="utf-8-sig").splitlines() if args.file else list(sys.stdin)
+    questions, contexts = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+                questions.append(str(record["question"]))
+                contexts.append(str(record["context"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{source} line {n}: expected a JSON object with \"question\" and "
+                                 f"\"context\" ({type(e).__name__}: {e})") from None
+            continue
+        cols = line.rstrip("\r\n").split("\t")
+        if len(cols) != 2:
+            raise ValueError(f"{source} line {n}: {len(cols)} TAB-separated column(s); give question<TAB>context "
+                             f"or a JSON object with question and context")
+        questions.append(cols[0])
+        contexts.append(cols[1])
+    if not questions:
+        raise ValueError(f"no questions in {source}")
+    return questions, contexts
 
 
 def _predict_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | None, list[str]]:

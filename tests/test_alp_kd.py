@@ -336,8 +336,8 @@ def test_token_positions_equal_the_cls_form_over_the_real_tokens_as_examples():
 
 def test_token_positions_apply_to_tagging_and_read_the_live_teacher():
     tokens, cls = build(AlpKD, positions="tokens"), build(AlpKD)
-    assert tokens.not_for_tagging is None and not tokens.teacher_cacheable
-    assert "positions: tokens" in cls.not_for_tagging and cls.teacher_cacheable
+    assert tokens.not_per_token is None and not tokens.teacher_cacheable
+    assert "positions: tokens" in cls.not_per_token and cls.teacher_cacheable
     with pytest.raises(ValueError, match="one tokenisation"):
         g = torch.Generator().manual_seed(0)
         s = ModelOutputs(None, torch.ones(1, 3), hidden_states={1: torch.randn(1, 3, 32, generator=g)})

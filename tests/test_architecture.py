@@ -20,8 +20,10 @@ from conftest import REPO
 from kdpipe.codebase import HARNESS, PACKAGE_DIR, import_closure, imported_modules, module_file, module_name
 
 # Bottom to top: a module may import its own layer and those below, never one above.
+# The torch-free runtime (and the package it sits in) imports nothing of kdpipe (test below), so
+# it sits at the bottom: QA's evaluation reads answers with the deployed span search.
 LAYERS = [
-    ("kdpipe", "kdpipe.env", "kdpipe.files", "kdpipe.codebase"),
+    ("kdpipe", "kdpipe.env", "kdpipe.files", "kdpipe.codebase", "kdpipe.export.runtime", "=kdpipe.export"),
     ("kdpipe.config",),
     ("kdpipe.data",),
     ("kdpipe.models",),
@@ -36,11 +38,15 @@ SOURCES = sorted(p for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.
 
 
 def layer_of(module: str) -> int:
-    best = None
+    # the most specific entry wins: kdpipe.export.runtime over kdpipe.export; "=x" is x alone
+    best, depth = None, -1.0
     for index, names in enumerate(LAYERS):
         for name in names:
-            if module == name or (name != "kdpipe" and module.startswith(name + ".")):
-                best = index
+            exact = name.startswith("=")
+            name = name.lstrip("=")
+            found = module == name or (not exact and name != "kdpipe" and module.startswith(name + "."))
+            if found and name.count(".") + 0.5 * exact > depth:
+                best, depth = index, name.count(".") + 0.5 * exact
     assert best is not None or module == "kdpipe", f"{module} is in no layer: add it to LAYERS"
     return 0 if best is None else best
 

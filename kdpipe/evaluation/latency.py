@@ -38,4 +38,6 @@ def torch_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], warmu
 def latency_inputs(dataset: TextDataset, encoder: Encoder, batch_size: int) -> dict[str, torch.Tensor]:
     """A real batch of ``batch_size`` dev examples (repeated if dev is smaller), padded to its longest."""
     rows = [dataset[i % len(dataset)] for i in range(batch_size)]
+    if "input_ids" in rows[0]:  # QA: real windows of question + context
+        return encoder.windows(rows)
     return encoder([r["text_a"] for r in rows], None if rows[0]["text_b"] is None else [r["text_b"] for r in rows])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kdpipe.data.conll import IGNORE
-from kdpipe.data.tasks import KNOWN_METRICS, TaskSpec
+from kdpipe.data.tasks import KNOWN_METRICS, QA_METRICS, TaskSpec
 
 
 def _accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -78,6 +78,8 @@ def predicted_values(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
     Classification accepts logits ``[N, C]`` (argmax) or already-decided class ids ``[N]``;
     regression accepts ``[N]`` or ``[N, 1]``.
     """
+    if spec.problem == "qa":  # already decided: each question's answer text
+        return _texts(predictions)
     predictions = np.asarray(predictions)
     if spec.problem == "tagging":  # logits [N, W, C] -> tag ids [N, W]
         return predictions.argmax(-1) if predictions.ndim == 3 else predictions
@@ -134,6 +136,30 @@ def entity_f1(counts: np.ndarray) -> float:
     return float(2 * tp / (predicted + true)) if predicted + true else 0.0
 
 
+def _texts(values) -> np.ndarray:
+    """A [Q] object array of ``values`` (strings, or lists of references) without numpy
+    turning equal-length lists into a 2-D array."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def qa_scores(predictions, references) -> np.ndarray:
+    """Extractive QA: [Q, 2] per question: its exact match and token F1 (0 or 1, and 0..1),
+    each the best over its references (SQuAD's normalisation; none = unanswerable, right only
+    for ""); a metric over any set of questions is the mean of its rows."""
+    from kdpipe.evaluation.qa_metrics import question_scores
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} answers but {len(references)} questions' references")
+    return np.array([question_scores(p, r) for p, r in zip(predictions, references)], dtype=np.float64).reshape(-1, 2)
+
+
+def qa_metric(scores: np.ndarray, metric: str) -> float:
+    """``exact_match`` or ``f1`` (0..1) of ``qa_scores`` rows [..., Q, 2], all rows pooled."""
+    return float(np.asarray(scores)[..., QA_METRICS.index(metric)].mean())
+
+
 def _tagging_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     if len(labels) == 0:
         raise ValueError(f"task {spec.name!r}: cannot compute metrics on zero examples")
@@ -142,9 +168,15 @@ def _tagging_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray
 
 def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Every metric in ``spec.metrics``, as python floats, from raw outputs and gold labels
-    (tagging: per-word logits [N, W, C] and tag ids [N, W], see ``tag_sequences``)."""
+    (tagging: per-word logits [N, W, C] and tag ids [N, W], see ``tag_sequences``; extractive QA:
+    answer texts [Q] and reference lists [Q], see ``qa_scores``)."""
     if spec.problem == "tagging":
         return _tagging_metrics(spec, predictions, labels)
+    if spec.problem == "qa":  # answer texts [Q] and each question's references [Q]
+        if len(labels) == 0:
+            raise ValueError(f"task {spec.name!r}: cannot compute metrics on zero questions")
+        scores = qa_scores(predictions, labels)
+        return {m: qa_metric(scores, m) for m in spec.metrics}
     pred = predicted_values(spec, predictions)
     gold = np.asarray(labels)
     if gold.ndim == 2 and gold.shape[1] == 1:

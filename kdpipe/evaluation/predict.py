@@ -13,7 +13,7 @@ from kdpipe.data.conll import IGNORE
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.metrics import compute_metrics
 from kdpipe.methods.base import label_loss
-from kdpipe.models.taps import word_logits
+from kdpipe.models.taps import PADDING_LOGIT, head_logits
 
 
 @torch.no_grad()
@@ -22,7 +22,8 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
     """Logits [N, C], labels [N] and the mean hard-label loss over ``loader``, in dataset order
     (by the batches' ``index``: a loader may visit examples in any order, e.g. longest first).
     Tagging: logits [N, W, C] and labels [N, W] per word, W the split's most words (``IGNORE``
-    labels past each example's words).
+    labels past each example's words).  Extractive QA: per window, logits [N, 2, L] (start and end
+    over positions, L the longest window, ``PADDING_LOGIT`` past each) and labels [N, 2].
 
     ``side`` picks which inputs of a DistillCollator batch to feed (the teacher's own
     tokenisation for the teacher).  ``gather`` (``accelerator.gather_for_metrics``) collects
@@ -36,16 +37,18 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
         inputs = {k: v.to(device) for k, v in batch[side].items()}
         y, index = batch["labels"].to(device), batch["index"].to(device)
         with autocast() if autocast else contextlib.nullcontext():
-            z = model(**inputs).logits.float()
-        if batch.get(f"{side}_words") is not None:
-            z = word_logits(z, batch[f"{side}_words"].to(device))
+            words = batch.get(f"{side}_words")
+            z = head_logits(model(**inputs), inputs["attention_mask"], None if words is None else words.to(device)).float()
         if gather is not None:
             z, y, index = gather((z, y, index))
         logits.append(z.cpu())
         labels.append(y.cpu())
         indices.append(index.cpu())
     model.train(was_training)
-    if labels[0].ndim == 2:  # per word: batches hold different word counts
+    if batch.get("example") is not None:  # QA windows: batches hold different lengths
+        positions = max(z.shape[2] for z in logits)
+        logits = [F.pad(z, (0, positions - z.shape[2]), value=PADDING_LOGIT) for z in logits]
+    elif labels[0].ndim == 2:  # per word: batches hold different word counts
         words = max(y.shape[1] for y in labels)
         logits = [F.pad(z, (0, 0, 0, words - z.shape[1])) for z in logits]
         labels = [F.pad(y, (0, words - y.shape[1]), value=IGNORE) for y in labels]
@@ -58,4 +61,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, side: str = "student",
 def evaluate_split(model, loader, spec: TaskSpec, side: str = "student", autocast=None,
                    gather=None) -> dict[str, float]:
     logits, labels, loss = predict(model, loader, side, autocast, gather)
+    if spec.problem == "qa":  # scored per question: its best span over its windows, against its references
+        dataset = loader.dataset
+        return {**compute_metrics(spec, dataset.answers(logits), dataset.references()), "loss": loss}
     return {**compute_metrics(spec, logits, labels), "loss": loss}

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from kdpipe.data.tasks import TaskSpec
-from kdpipe.evaluation.metrics import compute_metrics, entity_counts, entity_f1, predicted_values
+from kdpipe.evaluation.metrics import compute_metrics, entity_counts, entity_f1, predicted_values, qa_metric, qa_scores
 from kdpipe.evaluation.verdicts import BETTER, TIE, WORSE, verdict
 
 __all__ = ["BETTER", "TIE", "WORSE", "verdict", "Difference", "paired_difference", "metric_interval",
@@ -68,6 +68,10 @@ def seed_values(spec: TaskSpec, outputs, labels: np.ndarray | None = None) -> np
         if labels is None:
             raise ValueError("tagging outputs are scored per example against their labels: pass labels")
         values = [entity_counts(spec, o, labels) for o in many]
+    elif spec.problem == "qa":  # per question: its (exact match, F1) against its references, [S, Q, 2]
+        if labels is None:
+            raise ValueError("QA answers are scored per question against their references: pass labels")
+        values = [qa_scores(o, labels) for o in many]
     else:
         values = [predicted_values(spec, o) for o in many]
     if not values or len({len(v) for v in values}) != 1:
@@ -83,6 +87,8 @@ def _pooled_metric(spec: TaskSpec):
     main = dataclasses.replace(spec, metrics=(spec.main_metric,))
     if spec.problem == "tagging":  # values: entity counts [S, N, 3]; F1 of their sums
         return lambda values, gold: entity_f1(values)
+    if spec.problem == "qa":  # values: per-question scores [S, Q, 2]; the mean of the main one
+        return lambda values, gold: qa_metric(values, spec.main_metric)
 
     def metric(values: np.ndarray, gold: np.ndarray) -> float:
         return compute_metrics(main, values.ravel(), np.tile(gold, len(values)))[spec.main_metric]

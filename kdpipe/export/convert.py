@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kdpipe.evaluation.latency import time_calls
-from kdpipe.export.runtime import OUTPUT_NAME, disable_telemetry, make_session, ort, session_logits
+from kdpipe.export.runtime import OUTPUT_NAME, QA_OUTPUT_NAMES, disable_telemetry, make_session, ort, session_logits
 from kdpipe.files import atomic_file
 
 __all__ = ["INPUT_ORDER", "export_onnx", "quantize_int8", "make_session", "onnx_logits", "parity",
@@ -60,7 +60,20 @@ class _LogitsOnly(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(input_ids=input_ids, **kwargs, output_hidden_states=False,
                          output_attentions=False, return_dict=True)
+        if is_span_model(self.model):  # QA: two outputs [batch, seq], the names Optimum's QA models read
+            return out.start_logits, out.end_logits
         return out.logits
+
+
+def is_span_model(model: nn.Module) -> bool:
+    """A ``*ForQuestionAnswering`` model (start and end logits instead of ``logits``)."""
+    return type(model).__name__.endswith("ForQuestionAnswering")
+
+
+def _torch_logits(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """What ``session_logits`` returns for the same inputs, from PyTorch: [batch, n] or QA's [batch, 2, seq]."""
+    out = _LogitsOnly(model).eval()(**inputs)
+    return (torch.stack(out, 1) if isinstance(out, tuple) else out).float().cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -111,7 +124,8 @@ def export_onnx(model: nn.Module, sample_inputs: Mapping[str, torch.Tensor], pat
     dynamic_shapes = {n: {0: batch, 1: seq} for n in names}
     with _eval_mode(model), _quiet_export(), atomic_file(path) as tmp:
         torch.onnx.export(_LogitsOnly(model).eval(), (), str(tmp), kwargs=kwargs, dynamo=True,
-                          input_names=names, output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+                          input_names=names, output_names=list(QA_OUTPUT_NAMES) if is_span_model(model) else [OUTPUT_NAME],
+                          dynamic_shapes=dynamic_shapes,
                           external_data=False, verbose=False)
     return names
 
@@ -180,7 +194,7 @@ def parity(model: nn.Module, onnx_path: str | Path, batches: Sequence[Mapping[st
     with _eval_mode(model), torch.no_grad():
         for batch in batches:
             inputs = {n: batch[n].to(device=device, dtype=torch.long) for n in names}
-            expected = _LogitsOnly(model).eval()(**inputs).float().cpu().numpy()
+            expected = _torch_logits(model, inputs)
             got = session_logits(session, {n: t.cpu().numpy() for n, t in inputs.items()})
             worst = max(worst, float(np.abs(expected - got).max()))
             examples += expected.shape[0]

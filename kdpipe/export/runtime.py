@@ -31,7 +31,8 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 EXPORT_META_FILE = "kdpipe.json"  # the export folder's ExportMeta (not a model folder's kdpipe.json)
 OUTPUT_NAME = "logits"
-PROBLEMS = ("classification", "regression", "tagging")
+PROBLEMS = ("classification", "regression", "tagging", "qa")
+QA_OUTPUT_NAMES = ("start_logits", "end_logits")  # a QA graph's two outputs, as Optimum's QA models read them
 
 Variant = Literal["fp32", "int8"]
 
@@ -60,13 +61,16 @@ def session_logits(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray
     """Run ``session`` on the graph's own inputs, taken from ``feeds`` and cast to int64.
 
     Extra keys (``labels``, ``token_type_ids`` for a model without them) are ignored, so a
-    tokenizer's or collator's batch can be passed as is.  Returns float32 [batch, num_labels].
+    tokenizer's or collator's batch can be passed as is.  Returns float32 [batch, num_labels]; a
+    QA graph's start and end logits stacked as [batch, 2, seq].
     """
     names = [i.name for i in session.get_inputs()]
     missing = [n for n in names if n not in feeds]
     if missing:
         raise KeyError(f"the ONNX model needs inputs {missing}; got {sorted(feeds)}")
     inputs = {n: np.asarray(feeds[n], dtype=np.int64) for n in names}
+    if session.get_outputs()[0].name == QA_OUTPUT_NAMES[0]:
+        return np.stack(session.run(list(QA_OUTPUT_NAMES), inputs), axis=1)
     return session.run([OUTPUT_NAME], inputs)[0]
 
 
@@ -75,10 +79,11 @@ class ExportMeta:
     """The contents of ``kdpipe.json``."""
 
     labels: list[str] | None
-    problem: Literal["classification", "regression", "tagging"]
+    problem: Literal["classification", "regression", "tagging", "qa"]
     max_length: int
     input_names: list[str]
     task: dict[str, Any] = field(default_factory=dict)
+    qa: dict[str, int] = field(default_factory=dict)  # extractive QA: doc_stride, max_answer_length
 
     @classmethod
     def load(cls, path: str | Path) -> ExportMeta:
@@ -94,12 +99,15 @@ class ExportMeta:
         problem = raw.get("problem", "classification")
         if problem not in PROBLEMS:
             raise ValueError(f"{path}: problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
+        qa = dict(raw.get("qa") or {})
+        if problem == "qa" and not {"doc_stride", "max_answer_length"} <= set(qa):
+            raise ValueError(f"{path}: a QA export needs 'qa': {{'doc_stride': ..., 'max_answer_length': ...}}")
         return cls(labels=raw.get("labels"), problem=problem, max_length=int(raw["max_length"]),
-                   input_names=list(raw.get("input_names") or []), task=dict(raw.get("task") or {}))
+                   input_names=list(raw.get("input_names") or []), task=dict(raw.get("task") or {}), qa=qa)
 
     def to_json(self) -> dict[str, Any]:
         return {"labels": self.labels, "problem": self.problem, "max_length": self.max_length,
-                "input_names": self.input_names, "task": self.task}
+                "input_names": self.input_names, "task": self.task, **({"qa": self.qa} if self.qa else {})}
 
 
 def load_tokenizer(folder: str | Path, max_length: int) -> Tokenizer:
@@ -203,9 +211,9 @@ class OnnxExport:
         if not folder.is_dir():
             raise FileNotFoundError(f"export folder {folder} not found")
         meta = ExportMeta.load(_require(folder / EXPORT_META_FILE))
-        if (meta.problem == "tagging") != (cls is OnnxTokenTagger) and cls is not OnnxExport:
-            other = "OnnxTokenTagger" if meta.problem == "tagging" else "OnnxTextClassifier"
-            raise ValueError(f"{folder}: a {meta.problem} export; read it with {other} (or open_export)")
+        reader = _READERS.get(meta.problem, OnnxTextClassifier)
+        if reader is not cls and cls is not OnnxExport:
+            raise ValueError(f"{folder}: a {meta.problem} export; read it with {reader.__name__} (or open_export)")
         model_path = _require(folder / MODEL_FILES[variant])
         tokenizer = load_tokenizer(folder, meta.max_length)
         try:
@@ -222,10 +230,11 @@ class OnnxExport:
 
 
 def open_export(export_dir: str | Path, variant: Variant = "fp32",
-                threads: int | None = None) -> OnnxTextClassifier | OnnxTokenTagger:
-    """The export folder's model as an ``OnnxTokenTagger`` (tagging) or ``OnnxTextClassifier``."""
+                threads: int | None = None) -> OnnxTextClassifier | OnnxTokenTagger | OnnxQuestionAnswerer:
+    """The export folder's model as an ``OnnxTokenTagger`` (tagging), an ``OnnxQuestionAnswerer``
+    (extractive QA) or an ``OnnxTextClassifier``."""
     meta = ExportMeta.load(_require(Path(export_dir) / EXPORT_META_FILE)) if Path(export_dir).is_dir() else None
-    kind = OnnxTokenTagger if meta is not None and meta.problem == "tagging" else OnnxTextClassifier
+    kind = _READERS.get(meta.problem, OnnxTextClassifier) if meta is not None else OnnxTextClassifier
     return kind.from_dir(export_dir, variant, threads)
 
 
@@ -410,6 +419,98 @@ class OnnxTokenTagger(OnnxExport):
             results.append({"entities": entities, "tokens": [w for w, _ in words],
                             "tags": tags["tags"][:len(words)]})
         return results
+
+
+def best_span(start_logits, end_logits, offsets: list[tuple[int, int] | None], max_answer_tokens: int = 30,
+              top_k: int = 20) -> tuple[int, int, float]:
+    """The best answer span of one window as character offsets [start, end) in the context, and
+    its score: start <= end, both context tokens (``offsets`` None elsewhere), at most
+    ``max_answer_tokens`` long, score = start + end logit, searched among the ``top_k`` best
+    starts and ends (BERT's SQuAD post-processing); (0, 0, -inf) when no span qualifies.
+    Evaluation (``data.squad.best_answer``) calls it too, so dev scores are what users get."""
+    n = len(offsets)  # logits past it are padding
+    context_token = np.array([o is not None for o in offsets], dtype=bool)
+    starts = np.where(context_token, np.asarray(start_logits, dtype=np.float64)[:n], -np.inf)
+    ends = np.where(context_token, np.asarray(end_logits, dtype=np.float64)[:n], -np.inf)
+    s = np.argsort(starts)[::-1][:top_k]
+    e = np.argsort(ends)[::-1][:top_k]
+    length = e[None, :] - s[:, None] + 1                                     # [k, k]
+    scores = np.where((length >= 1) & (length <= max_answer_tokens), starts[s][:, None] + ends[e][None, :], -np.inf)
+    i, j = np.unravel_index(np.argmax(scores), scores.shape)
+    if not np.isfinite(scores[i, j]):
+        return 0, 0, float("-inf")
+    return offsets[s[i]][0], offsets[e[j]][1], float(scores[i, j])
+
+
+class OnnxQuestionAnswerer(OnnxExport):
+    """Extractive QA with an exported model, no torch needed: each question + context is read in
+    the windows training and evaluation read (the tokenizer's own overflow, ``qa.doc_stride``
+    tokens of overlap), and the answer is the best span over all windows (start + end logit, at
+    most ``qa.max_answer_length`` tokens, inside the context: ``data.squad.best_span``).
+
+    >>> qa = OnnxQuestionAnswerer.from_dir("exports/vanilla_kd")
+    >>> qa.answer(["Who won?"], ["The Broncos beat the Panthers."])[0]
+    {"answer": "The Broncos", "start": 0, "end": 11, "score": 7.1}
+    """
+
+    def __init__(self, session, tokenizer, meta) -> None:
+        super().__init__(session, tokenizer, meta)
+        padding = tokenizer.padding or {}
+        self.pad_id, self.pad_type_id = int(padding.get("pad_id", 0)), int(padding.get("pad_type_id", 0))
+        tokenizer.no_padding()  # windows are padded per batch below, after the overflow split
+        tokenizer.enable_truncation(meta.max_length, stride=int(meta.qa["doc_stride"]), strategy="only_second")
+
+    def windows(self, questions: Sequence[str], contexts: Sequence[str]) -> list[tuple[int, Any]]:
+        """(question index, encoding) of every window, in order (the first window, then its overflow)."""
+        encodings = self.tokenizer.encode_batch([(q.lstrip(), c) for q, c in zip(questions, contexts)])
+        return [(i, w) for i, e in enumerate(encodings) for w in [e, *e.overflowing]]
+
+    def window_logits(self, windows: Sequence[tuple[int, Any]], batch_size: int = 32) -> list[np.ndarray]:
+        """Start and end logits [2, n] of each window (n its own length), longest windows batched together."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        out: list[np.ndarray] = [np.empty(0)] * len(windows)
+        order = np.argsort([-len(w.ids) for _, w in windows], kind="stable")
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            width = max(len(windows[r][1].ids) for r in rows)
+            feeds = {"input_ids": np.full((len(rows), width), self.pad_id, dtype=np.int64),
+                     "attention_mask": np.zeros((len(rows), width), dtype=np.int64),
+                     "token_type_ids": np.full((len(rows), width), self.pad_type_id, dtype=np.int64)}
+            for b, r in enumerate(rows):
+                w = windows[r][1]
+                feeds["input_ids"][b, :len(w.ids)] = w.ids
+                feeds["attention_mask"][b, :len(w.ids)] = 1
+                feeds["token_type_ids"][b, :len(w.ids)] = w.type_ids
+            logits = session_logits(self.session, feeds)  # [b, 2, width]
+            for b, r in enumerate(rows):
+                out[r] = logits[b, :, :len(windows[r][1].ids)]
+        return out
+
+    def answer(self, questions: str | Sequence[str], contexts: str | Sequence[str],
+               batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per question: ``{"answer": text, "start", "end": character offsets [start, end)
+        in its context, "score": start + end logit}`` ("" and score None when no span qualifies)."""
+        questions, contexts = _as_lists(questions, contexts)
+        for i, (q, c) in enumerate(zip(questions, contexts)):
+            if not str(q).strip() or not str(c).strip():
+                raise ValueError(f"question {i + 1}: the {'question' if not str(q).strip() else 'context'} is empty")
+        windows = self.windows(questions, contexts)
+        best: dict[int, tuple[int, int, float]] = {}
+        for (i, w), logits in zip(windows, self.window_logits(windows, batch_size)):
+            offsets = [o if s == 1 else None for o, s in zip(w.offsets, w.sequence_ids)]
+            span = best_span(logits[0], logits[1], offsets, int(self.meta.qa["max_answer_length"]))
+            if i not in best or span[2] > best[i][2]:
+                best[i] = span
+        results = []
+        for i, context in enumerate(contexts):
+            start, end, score = best[i]
+            results.append({"answer": context[start:end], "start": start, "end": end,
+                            "score": float(score) if np.isfinite(score) else None})
+        return results
+
+
+_READERS: dict[str, type[OnnxExport]] = {"tagging": OnnxTokenTagger, "qa": OnnxQuestionAnswerer}
 
 
 def _feeds(encodings) -> dict[str, np.ndarray]:

@@ -146,7 +146,7 @@ class AlpKD(Method):
         self.teacher_needs = Needs(hidden_states=True, layers=self.mapping.teacher_layers)
 
     @property
-    def not_for_tagging(self) -> str | None:  # type: ignore[override]
+    def not_per_token(self) -> str | None:  # type: ignore[override]
         if self.params.positions == "tokens":
             return None
         return ("it attends with each layer's [CLS] vector, a sentence-level signal (as PKD); set "

@@ -58,9 +58,9 @@ class Method(nn.Module):
     # A preset's student settings (pea_kd: PTP init, SPS), over the `student` section and under
     # the run's own `student:` overrides.
     student_defaults: ClassVar[dict] = {}
-    # Token tagging (task problem ``tagging``, logits per word): None where the method applies
-    # as it is; otherwise the one-line reason the preflight refuses it with.
-    not_for_tagging: ClassVar[str | None] = "not implemented for token tagging yet"
+    # Token-level tasks (tagging: logits per word; extractive QA: start/end over positions): None
+    # where the method applies as it is; otherwise the one-line reason the preflight refuses it with.
+    not_per_token: ClassVar[str | None] = "not implemented for token tagging or extractive QA yet"
     student_needs: Needs = Needs()
     teacher_needs: Needs = Needs()
     mapping: LayerMap | None = None
@@ -220,7 +220,7 @@ class FineTune(Method):
 
     name = "finetune"
     needs_teacher = False
-    not_for_tagging = None  # CE per word
+    not_per_token = None  # CE per word
 
     def losses(self, student, teacher, labels):
         return {"loss": label_loss(student.logits, labels, self.regression)}

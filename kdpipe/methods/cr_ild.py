@@ -86,7 +86,7 @@ def consistency_loss(distance, mixed: torch.Tensor, clean: torch.Tensor, mask: t
 class CRILD(Method):
     name = "cr_ild"
     Params = CRILDParams
-    not_for_tagging = None  # ild is token-level (last layer, mixed inputs); pred: logit KD per word
+    not_per_token = None  # ild is token-level (last layer, mixed inputs); pred: logit KD per word
     phases = ("ild", "pred")
     label_free_phases = ("ild",)
     needs_shapes = True

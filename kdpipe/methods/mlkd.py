@@ -65,7 +65,7 @@ class MLKDParams(MethodParams):
 
 class MLKD(Method):
     name = "mlkd"
-    not_for_tagging = ("its pred phase's sample relations and supervised contrastive loss compare sentences; "
+    not_per_token = ("its pred phase's sample relations and supervised contrastive loss compare sentences; "
                        "stage 1 alone would apply")
     Params = MLKDParams
     phases = ("ild", "pred")

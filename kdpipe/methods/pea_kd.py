@@ -104,7 +104,7 @@ class PeaKD(PKD):
     are 1..2L-1 (for L = 3 on a 6-layer teacher: teacher layers 1..5, "skip")."""
 
     name = "pea_kd"
-    not_for_tagging = ("PTP's confidence classes and PKD's [CLS] loss are per sentence; a per-word form "
+    not_per_token = ("PTP's confidence classes and PKD's [CLS] loss are per sentence; a per-word form "
                        "is not defined yet")
     Params = PeaKDParams
     student_defaults = {"init": "ptp", "sps": {"shuffle": "upper_swap"}}

@@ -63,7 +63,7 @@ class PKDParams(PredictionParams):
 
 class PKD(Method):
     name = "pkd"
-    not_for_tagging = "its patient loss reads the [CLS] vector of each layer, a sentence-level signal"
+    not_per_token = "its patient loss reads the [CLS] vector of each layer, a sentence-level signal"
     Params = PKDParams
     teacher_cacheable = True  # logits + per-layer [CLS] vectors
     needs_shapes = True

@@ -103,7 +103,7 @@ class _RailKD(Method):
     Params = RailKDParams
     params: RailKDParams
     needs_shapes = True
-    not_for_tagging = None  # layer states mean-pooled over every real token; logit KD per word
+    not_per_token = None  # layer states mean-pooled over every real token; logit KD per word
 
     def __init__(self, params: RailKDParams, regression: bool, shapes=None):
         super().__init__(params, regression, shapes)

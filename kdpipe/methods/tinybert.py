@@ -74,17 +74,25 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float = 1.0, words: torch.Tensor | None = None) -> torch.Tensor:
+                       temperature: float = 1.0, words: torch.Tensor | None = None,
+                       over_positions: bool = False) -> torch.Tensor:
     """-softmax(z_T / t) * log_softmax(z_S / t), averaged over batch AND classes (tagging: over
     the words in ``words`` and the classes).
 
     Args: student_logits, teacher_logits [B, C], or [B, W, C] per word with ``words`` [B, W]
     (True where a word counts).  Returns a scalar.  The mean over classes is the official
     code's convention: 1/C of the usual soft CE (which sums over classes); no t^2 factor.
+
+    ``over_positions`` (extractive QA: logits [B, 2, n], start and end over a window's positions,
+    padding at ``taps.PADDING_LOGIT``): the usual soft CE, summed over positions and averaged over
+    the B x 2 distributions.  The official code's mean over its fixed 384 padded positions would
+    make the loss depend on how far a dynamically padded batch pads.
     """
     log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
     p_t = F.softmax(upcast(teacher_logits) / temperature, dim=-1)
     terms = -p_t * log_p_s
+    if over_positions:
+        return terms.sum(-1).mean()
     if words is None:
         return terms.mean()
     return terms[words.bool()].mean() if words.any() else terms.sum() * 0.0
@@ -104,7 +112,7 @@ class TinyBERTParams(MethodParams):
 class TinyBERT(Method):
     name = "tinybert"
     Params = TinyBERTParams
-    not_for_tagging = None  # ild is token-level already; pred: soft CE per word
+    not_per_token = None  # ild is token-level already; pred: soft CE per word
     phases = ("ild", "pred")
     label_free_phases = ("ild",)
     needs_shapes = True
@@ -161,7 +169,7 @@ class TinyBERT(Method):
             hard = label_loss(student.logits, labels, regression=True)
             return {"loss": hard, "hard": hard}
         kd = soft_cross_entropy(student.logits, teacher.logits.detach(), self.params.pred_temperature,
-                                labelled_words(labels))
+                                labelled_words(labels), over_positions=student.span)
         return {"loss": kd, "kd": kd}
 
     def _ild_losses(self, student: ModelOutputs, teacher: ModelOutputs) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ class VanillaKD(Method):
     name = "vanilla_kd"
     Params = VanillaKDParams
     teacher_cacheable = True  # logits only
-    not_for_tagging = None  # KD per word, over the words with a label
+    not_per_token = None  # KD per word, over the words with a label
 
     def losses(self, student, teacher, labels):
         p = self.params

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from torch import nn
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
-                          PreTrainedModel)
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel)
 
 from kdpipe.data.batches import Encoder
 from kdpipe.files import write_json
@@ -62,20 +62,23 @@ def _check_safetensors(file: Path, key: str) -> None:
 
 def load_classifier(path: str | Path, num_labels: int | None = None, problem: str | None = None,
                     attn_implementation: str = "eager") -> PreTrainedModel:
-    """Load a sequence classifier, or a token classifier for ``problem`` tagging (or a saved one).
-    ``num_labels``/``problem`` only when a new head is created.
+    """Load a sequence classifier, a token classifier for ``problem`` tagging, or a span
+    extractor for ``qa`` (or a saved one of either).  ``num_labels``/``problem`` only when a new
+    head is created (QA's head is always 2 wide: start and end).
 
     Eager attention: on CPU it costs the same as sdpa and it is the only implementation that
     returns attention maps, which intermediate-layer methods read.
     """
     kwargs = {"attn_implementation": attn_implementation}
-    tagger = problem == "tagging" or (problem is None and _saved_tagger(path))
-    if num_labels is not None:
+    saved = _saved_head(path) if problem is None else None
+    tagger, qa = problem == "tagging" or saved == "tagging", problem == "qa" or saved == "qa"
+    if num_labels is not None and not qa:
         kwargs["num_labels"] = num_labels
         if not tagger:
             kwargs["problem_type"] = ("regression" if problem == "regression"
                                       else "single_label_classification")
-    auto = AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification
+    auto = (AutoModelForQuestionAnswering if qa else AutoModelForTokenClassification if tagger
+            else AutoModelForSequenceClassification)
     model = auto.from_pretrained(str(path), **kwargs)
     settings = getattr(model.config, "kdpipe_sps", None)
     if settings:  # saved as its L physical layers: share them again as 2L
@@ -83,16 +86,21 @@ def load_classifier(path: str | Path, num_labels: int | None = None, problem: st
     return model
 
 
-def _saved_tagger(path: str | Path) -> bool:
+def _saved_head(path: str | Path) -> str | None:
+    """``tagging`` or ``qa`` for a saved token classifier or span extractor, else None."""
     config = Path(path) / "config.json"
-    return config.is_file() and any(a.endswith("ForTokenClassification")
-                                    for a in json.loads(config.read_text()).get("architectures") or [])
+    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    if any(a.endswith("ForQuestionAnswering") for a in architectures):
+        return "qa"
+    return "tagging" if any(a.endswith("ForTokenClassification") for a in architectures) else None
 
 
 def model_problem(model: PreTrainedModel) -> str:
-    """The task kind a loaded classifier was built for: tagging, regression or classification."""
-    if any(a.endswith("ForTokenClassification") for a in model.config.architectures or []) \
-            or type(model).__name__.endswith("ForTokenClassification"):
+    """The task kind a loaded model was built for: qa, tagging, regression or classification."""
+    names = [*(model.config.architectures or []), type(model).__name__]
+    if any(a.endswith("ForQuestionAnswering") for a in names):
+        return "qa"
+    if any(a.endswith("ForTokenClassification") for a in names):
         return "tagging"
     return "regression" if model.config.problem_type == "regression" else "classification"
 

@@ -96,7 +96,8 @@ class ModelOutputs:
     that were asked for.  ``cls``/``mean`` are per-example vectors [B, d] per layer: a teacher
     cache fills them directly; for a live model they are derived from ``hidden_states``."""
 
-    logits: torch.Tensor                                  # [B, C]; C = 1 for regression; tagging [B, W, C] per word
+    logits: torch.Tensor                                  # [B, C]; C = 1 for regression; tagging [B, W, C] per word;
+                                                          # QA [B, 2, n]: start and end over positions
     attention_mask: torch.Tensor | None                   # [B, n], 1 = real token; None from a cache
     hidden_states: dict[int, torch.Tensor] | None = None  # [B, n, d]
     attention_scores: dict[int, torch.Tensor] | None = None  # [B, A, n, n]
@@ -108,6 +109,7 @@ class ModelOutputs:
     cls: dict[int, torch.Tensor] | None = None            # [B, d]
     mean: dict[int, torch.Tensor] | None = None           # [B, d]
     mix: Mixup | None = None                              # the mixup this pass ran with (mask = union)
+    span: bool = False                                    # QA: logits are start/end distributions over positions
     clean: "ModelOutputs | None" = None                   # the same model's unmixed pass (no grad)
 
 
@@ -222,6 +224,26 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
 
 
+# Extractive QA: the logit of a padding position, so no softmax puts mass there.  Finite and within
+# float16/bfloat16 range: a cached teacher keeps it, and 0 * (a - b) stays 0 in a KL term.
+PADDING_LOGIT = -1e4
+
+
+def head_logits(out, attention_mask: torch.Tensor, words: torch.Tensor | None = None) -> torch.Tensor:
+    """A forward's task logits: [B, C] (sentence), [B, W, C] per word with ``words`` (tagging),
+    or for a question-answering head its start and end logits stacked as [B, 2, n], two
+    distributions over the window's positions, padding at ``PADDING_LOGIT``.  The QA layout
+    makes the per-row CE and KL of tagging (over the last dim, rows start/end) the span losses."""
+    if _is_span(out):
+        logits = torch.stack([out.start_logits, out.end_logits], 1)
+        return logits.masked_fill(~attention_mask.bool().unsqueeze(1), PADDING_LOGIT)
+    return out.logits if words is None else word_logits(out.logits, words)
+
+
+def _is_span(out) -> bool:
+    return getattr(out, "start_logits", None) is not None
+
+
 def word_logits(logits: torch.Tensor, first_tokens: torch.Tensor) -> torch.Tensor:
     """A token classifier's logits read at each word's first sub-token: [B, n, C] and
     first_tokens [B, W] (-1 = no such token: padding or truncated) -> [B, W, C], zeros at -1."""
@@ -238,8 +260,8 @@ def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = 
         inputs = {**inputs, "attention_mask": mix.union_mask(inputs["attention_mask"])}
     if not needs.any_layer_signal and mix is None:
         out = model(**inputs, return_dict=True)
-        logits = out.logits if words is None else word_logits(out.logits, words)
-        return ModelOutputs(logits=logits, attention_mask=inputs["attention_mask"])
+        return ModelOutputs(logits=head_logits(out, inputs["attention_mask"], words),
+                            attention_mask=inputs["attention_mask"], span=_is_span(out))
     with capture(model, needs, mix) as rec:
         out = model(**inputs, return_dict=True)
     s = rec.store
@@ -247,11 +269,12 @@ def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], needs: Needs = 
     if needs.attention_scores:
         scores = {layer: attention_scores(q, s["key"][layer]) for layer, q in s.get("query", {}).items()}
     return ModelOutputs(
-        logits=out.logits if words is None else word_logits(out.logits, words), attention_mask=inputs["attention_mask"],
+        logits=head_logits(out, inputs["attention_mask"], words), attention_mask=inputs["attention_mask"],
         hidden_states=s.get("hidden_states", {}) if needs.hidden_states else None,
         attention_scores=scores,
         query=s.get("query", {}) if needs.qkv else None,
         key=s.get("key", {}) if needs.qkv else None,
         value=s.get("value", {}) if needs.qkv else None,
         context=s.get("context", {}) if needs.context else None,
-        attention_output=s.get("attention_output", {}) if needs.attention_output else None, mix=mix)
+        attention_output=s.get("attention_output", {}) if needs.attention_output else None, mix=mix,
+        span=_is_span(out))

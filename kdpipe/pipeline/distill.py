@@ -80,10 +80,10 @@ def setup_run(params: Params, run_name: str, data_dir: Path, teacher_dir: Path,
     """``seed``: the student's seed; None = the first of ``distill.seeds``."""
     run = params.distill.runs[run_name]
     seed = params.distill.seeds[0] if seed is None else seed
-    spec, sets = load_datasets(data_dir)
-    regression = spec.problem == "regression"
     teacher = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
+    spec, sets = load_datasets(data_dir, tokenizer, params.max_length)
+    regression = spec.problem == "regression"
     student_cfg = run_student(params, run_name)
     ptp_source = ptp_encoder_dir(ptp_dir, student_cfg, echo) if student_cfg.init == "ptp" else None
     student, layers = make_student(student_cfg, teacher, teacher_dir, seed, ptp_source)

@@ -53,6 +53,8 @@ def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[s
     for split in ("dev", "test"):
         if split in sets:
             logits, labels, loss = predict(model, inference_loader(sets[split], collator, 64))
+            if spec.problem == "qa":  # window logits -> each question's answer (SQuAD's post-processing)
+                logits, labels = sets[split].answers(logits), sets[split].references()
             report[split] = {**compute_metrics(spec, logits, labels), "loss": loss}
             if outputs is not None:
                 outputs[split] = logits
@@ -114,7 +116,8 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
     ``predictions_dir``: also write every model's per-example predictions there."""
     if params.evaluate.threads:
         torch.set_num_threads(params.evaluate.threads)
-    spec, sets = load_datasets(data_dir)
+    # every model reads the teacher's tokenizer at max_length (QA: the same windows for all)
+    spec, sets = load_datasets(data_dir, load_tokenizer(teacher_dir), params.max_length)
     main = spec.main_metric
     runs = trained_seeds(params, students_dir)
     total = 1 + sum(len(seeds) for seeds in runs.values())
@@ -152,7 +155,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
     if predictions_dir is not None:
         write_predictions(Path(predictions_dir), spec, {"teacher": teacher_outputs, **{
             student_name(run, seed): o for run, by_seed in seed_outputs.items() for seed, o in by_seed.items()}},
-            labels)
+            labels, {split: [e.id for e in data.examples] for split, data in sets.items()} if spec.problem == "qa" else None)
     return result
 
 
@@ -207,16 +210,22 @@ def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, list[np
 
 
 def write_predictions(out_dir: Path, spec: TaskSpec, outputs: dict[str, dict[str, np.ndarray]],
-                      labels: dict[str, np.ndarray]) -> None:
+                      labels: dict[str, np.ndarray], question_ids: dict[str, list[str]] | None = None) -> None:
     """``<model>.parquet`` per model (``teacher``, ``<run>/seed-<seed>``): split, index (row in
     the prepared split), label, prediction and the raw outputs (``logit_<i>``; regression:
     ``score``), written atomically as one folder.  Tagging: label, prediction and ``logits`` are
-    per-word lists (the words metrics score: ``IGNORE`` labels past them)."""
+    per-word lists (the words metrics score: ``IGNORE`` labels past them).  Extractive QA: one row
+    per question, its ``id``, reference answers (``label``, a list) and answer text (``prediction``)."""
     with atomic_dir(out_dir) as tmp:
         for name, splits in outputs.items():
             frames = []
             for split, logits in splits.items():
                 predicted = predicted_values(spec, logits)
+                if spec.problem == "qa":
+                    frames.append(pd.DataFrame({"split": split, "index": np.arange(len(logits)),
+                                                "id": question_ids[split], "label": list(labels[split]),
+                                                "prediction": list(predicted)}))
+                    continue
                 if spec.problem == "tagging":
                     frames.append(pd.DataFrame({"split": split, "index": np.arange(len(logits)),
                                                 "label": list(labels[split]), "prediction": list(predicted),

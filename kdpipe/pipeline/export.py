@@ -65,10 +65,10 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     returns the task and the report: parity, dev metrics, size and latency per variant, and the
     int8 gate's measurements (not yet judged)."""
     cfg = params.export
-    spec, sets = load_datasets(data_dir)
-    dev = sets["dev"]
     model = load_classifier(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
+    spec, sets = load_datasets(data_dir, tokenizer, params.max_length)
+    dev = sets["dev"]
     encoder = encoder_for(model, tokenizer, params.max_length)
     labels = split_labels(dev, encoder)  # tagging: [N, W] per word, IGNORE where truncation cut
     loader = DataLoader(dev, batch_size=16, collate_fn=DistillCollator(encoder, None, spec.problem == "regression"))
@@ -80,9 +80,10 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     input_names = convert.export_onnx(model, batches[0], fp32)
     tokenizer.save_pretrained(tmp)
     export_model_config(model.config, spec).save_pretrained(tmp)
+    qa = {"doc_stride": dev.windows_stride, "max_answer_length": dev.max_answer_length} if spec.problem == "qa" else {}
     write_json(tmp / EXPORT_META_FILE, ExportMeta(labels=list(spec.labels) if spec.labels else None,
                                                   problem=spec.problem, max_length=params.max_length,
-                                                  input_names=input_names, task=spec.to_dict()).to_json())
+                                                  input_names=input_names, task=spec.to_dict(), qa=qa).to_json())
     echo(f"export: {label}: parity with PyTorch on {len(batches)} dev batch(es)")
     report["parity"] = convert.parity(model, fp32, batches)
     variants = {"fp32": fp32}
@@ -94,8 +95,12 @@ def _export(params: Params, model_dir: Path, data_dir: Path, tmp: Path, echo) ->
     for name, path in variants.items():
         echo(f"export: {label}: {name} dev metrics and latency")
         runtime = open_export(tmp, variant=name)  # what users load: per-word logits read torch-free for tagging
-        outputs[name] = (runtime.word_logits(dev.text_a, batch_size=64) if spec.problem == "tagging"
-                         else runtime.logits(dev.text_a, dev.text_b, batch_size=64))
+        if spec.problem == "qa":  # the answers users get: windows, spans and merging all torch-free
+            answers = runtime.answer([e.question for e in dev.examples], [e.context for e in dev.examples], 64)
+            outputs[name] = predicted_values(spec, [a["answer"] for a in answers])
+        else:
+            outputs[name] = (runtime.word_logits(dev.text_a, batch_size=64) if spec.problem == "tagging"
+                             else runtime.logits(dev.text_a, dev.text_b, batch_size=64))
         latency = {f"batch_{b}": round(convert.onnx_latency(
             path, {k: v.numpy() for k, v in latency_inputs(dev, encoder, b).items()},
             params.evaluate.latency_warmup, params.evaluate.latency_repeats)["median_ms"], 3)
@@ -134,7 +139,8 @@ def export_model_config(config: PretrainedConfig, spec: TaskSpec) -> PretrainedC
     out.id2label = dict(enumerate(names))
     out.label2id = {name: i for i, name in enumerate(names)}
     # tagging too: one softmax per token (transformers' token classifiers read the same value)
-    out.problem_type = "regression" if spec.problem == "regression" else "single_label_classification"
+    out.problem_type = ("regression" if spec.problem == "regression" else None if spec.problem == "qa"
+                        else "single_label_classification")
     # The graph returns logits only, whatever the distillation student's config asked for.
     out.output_hidden_states = False
     out.output_attentions = False
@@ -152,6 +158,7 @@ def prediction_agreement(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, lab
 
     classification: the share of examples with the same predicted class.
     tagging: the share of labelled words (``labels`` [N, W] not ``IGNORE``) with the same tag.
+    extractive QA: the share of questions with the same answer text.
     regression: Lin's concordance correlation of the two outputs; unlike Pearson it also drops
     when int8 shifts or rescales the scores, which a deployment reading them would see.
     """
@@ -203,7 +210,8 @@ def int8_gate(spec: TaskSpec, fp32: np.ndarray, int8: np.ndarray, labels: np.nda
     else:
         verdict = "pass_within_noise" if drop > cfg.int8_max_drop else "pass"
     return {"agreement": agreement,
-            "agreement_kind": {"classification": "same_class", "tagging": "same_tag"}.get(spec.problem, "concordance"),
+            "agreement_kind": {"classification": "same_class", "tagging": "same_tag",
+                               "qa": "same_answer"}.get(spec.problem, "concordance"),
             "metric": spec.main_metric, "drop": drop,
             "drop_interval": {"low": low, "high": high, "confidence": CONFIDENCE},
             "examples": int(len(labels)), "verdict": verdict}
@@ -224,6 +232,8 @@ def check_gates(report: dict, spec: TaskSpec, cfg: ExportConfig) -> None:
                 if spec.problem == "classification" else
                 f"predicts the same tag as fp32 on {gate['agreement']:.3f} of the words of {n} dev sentences"
                 if spec.problem == "tagging" else
+                f"gives the same answer as fp32 on {gate['agreement']:.3f} of {n} dev questions"
+                if spec.problem == "qa" else
                 f"outputs have a concordance correlation of {gate['agreement']:.3f} with fp32's on {n} dev examples")
         raise ExportCheckError(f"int8 ONNX {what}, below export.int8_min_agreement ({cfg.int8_min_agreement:g}); "
                                f"set export.int8: false or lower the threshold")

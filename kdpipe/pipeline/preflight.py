@@ -45,9 +45,17 @@ def preflight(params: Params, reads: Sequence[Path] = ()) -> None:
         except ModelError as e:
             raise ConfigError(f"params.yaml: distill.runs.{run_name}: {e}") from None
         method = build_run_method(params, run_name, config, regression=problem == "regression")
-        if problem == "tagging" and method.not_for_tagging:
-            raise ConfigError(f"params.yaml: distill.runs.{run_name}: {method.name} does not apply to token "
-                              f"tagging (task {params.task.name}): {method.not_for_tagging}")
+        kind = {"tagging": "token tagging", "qa": "extractive QA"}.get(problem)
+        if kind and method.not_per_token:
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}: {method.name} does not apply to {kind} "
+                              f"(task {params.task.name}): {method.not_per_token}")
+        if kind and student.init == "ptp":
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}: student.init: ptp does not apply to {kind} "
+                              f"(task {params.task.name}): PTP's confidence classes are per sentence; "
+                              f"use init: teacher or pretrained")
+        if problem == "qa" and params.distill.runs[run_name].supplementary is not None:
+            raise ConfigError(f"params.yaml: distill.runs.{run_name}.supplementary: extractive QA trains on "
+                              f"question + context windows; supplementary sentences have no context to read")
         for note in training_notes(params, run_name, method):
             print(f"kdpipe: warning: {note}", file=sys.stderr, flush=True)
         extra = params.distill.runs[run_name].supplementary

@@ -19,9 +19,9 @@ from kdpipe.training.engine import train
 
 def train_teacher(params: Params, data_dir: Path, out_dir: Path, checkpoint_dir: Path, plots_dir: Path,
                   logger=None) -> dict:
-    spec, sets = load_datasets(data_dir)
     base = resolve_model_path(params.teacher.model)
     tokenizer = load_tokenizer(base)
+    spec, sets = load_datasets(data_dir, tokenizer, params.max_length)
     set_seed(params.seed)  # the new classification head is drawn from the RNG
     model = load_classifier(base, spec.num_labels, spec.problem)
     if spec.labels:

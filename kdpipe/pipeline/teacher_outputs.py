@@ -15,14 +15,15 @@ from kdpipe.training.teacher_cache import META, TeacherCache, cache_key, compute
 
 def teacher_outputs(params: Params, data_dir: Path, teacher_dir: Path, out_dir: Path) -> dict:
     cfg = params.distill.teacher_cache
-    _, sets = load_datasets(data_dir)
     if not cfg.enabled:
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / META, {"key": None, "enabled": False})
         return {"enabled": False}
+    tokenizer = load_tokenizer(teacher_dir)
+    _, sets = load_datasets(data_dir, tokenizer, params.max_length)
     teacher = load_classifier(teacher_dir, attn_implementation="sdpa")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    meta = compute_teacher_cache(teacher, load_tokenizer(teacher_dir), sets["train"], out_dir,
+    meta = compute_teacher_cache(teacher, tokenizer, sets["train"], out_dir,
                                  key=cache_key(teacher_dir, data_dir, params.max_length), max_length=params.max_length,
                                  batch_size=cfg.batch_size, dtype=cfg.dtype, device=device)
     return {"enabled": True, **meta}

@@ -279,7 +279,8 @@ def teacher_signal(method: Method, batch: dict, teacher: torch.nn.Module | None,
         if mix is not None:
             raise ValueError(f"{method.name}: a mixed batch cannot be looked up in the teacher cache")
         words = batch["labels"].shape[1] if batch.get("student_words") is not None else None  # tagging
-        return teacher_cache.lookup(batch["index"], device, words)
+        positions = batch["student"]["input_ids"].shape[1] if batch.get("example") is not None else None  # QA
+        return teacher_cache.lookup(batch["index"], device, words, positions)
     if not method.needs_teacher:
         return None
     with torch.no_grad():

@@ -15,6 +15,10 @@ Token tagging: ``logits.npy`` is [N, W, C] per word (W = the train split's most 
 each word's first sub-token as ``taps.word_logits`` does, zeros past a sentence's words), always
 float16: it grows with the words, and a softmax at T >= 1 does not see float16's 1e-3 relative
 error.  The states stay per sentence (RAIL-KD's mean-pooled layers).
+
+Extractive QA: one row per window; ``logits.npy`` is [N, 2, L] float16, the start and end
+logits over the positions (L = the longest window, ``taps.PADDING_LOGIT`` past each window),
+and the states are per window.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from kdpipe.data.batches import DistillCollator
 from kdpipe.data.splits import TextDataset
 from kdpipe.files import atomic_dir, write_json
 from kdpipe.models.loading import MODEL_META_FILE, encoder_for
-from kdpipe.models.taps import ModelOutputs, Needs, masked_mean, run_model, word_logits
+from kdpipe.models.taps import PADDING_LOGIT, ModelOutputs, Needs, masked_mean, run_model, word_logits
 
 META = "meta.json"
 
@@ -47,6 +51,7 @@ def cache_key(teacher_dir: Path, data_dir: Path, max_length: int) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name != MODEL_META_FILE)
     files.append(Path(data_dir) / "train.parquet")
+    files += [f for f in [Path(data_dir) / "task.json"] if f.is_file()]  # QA: the windows' doc_stride
     for f in files:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
@@ -66,7 +71,9 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DistillCollator(encoder, None, False))
     np_dtype = np.dtype(dtype)
     logits, cls, mean = [], [], []
-    most = max(map(len, dataset.text_a), default=0)  # tagging: the split's most words, what every row pads to
+    qa = getattr(dataset, "windows", None) is not None
+    # what every row pads to: tagging, the split's most words; QA, its longest window
+    most = max(map(len, dataset.windows.input_ids if qa else dataset.text_a), default=0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
         else torch.autocast("cpu", enabled=False)
     for batch in tqdm(loader, desc="teacher outputs", dynamic_ncols=True):
@@ -74,7 +81,10 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
         with autocast:
             out = run_model(teacher, inputs, Needs(hidden_states=True))
         layers = [out.hidden_states[i].float() for i in sorted(out.hidden_states)]
-        if batch.get("student_words") is not None:  # tagging: per word, padded to the split's most words
+        if qa:  # [B, 2, n] over positions, padded to the longest window
+            logits.append(torch.nn.functional.pad(out.logits.float(), (0, most - out.logits.shape[2]),
+                                                  value=PADDING_LOGIT).cpu().numpy().astype(np.float16))
+        elif batch.get("student_words") is not None:  # tagging: per word, padded to the split's most words
             words = word_logits(out.logits.float(), batch["student_words"].to(device))
             logits.append(torch.nn.functional.pad(words, (0, 0, 0, most - words.shape[1])).cpu().numpy()
                           .astype(np.float16))
@@ -84,7 +94,7 @@ def compute_teacher_cache(teacher: torch.nn.Module, tokenizer, dataset: TextData
         mean.append(torch.stack([masked_mean(h, inputs["attention_mask"]) for h in layers], 1)
                     .cpu().numpy().astype(np_dtype))
     meta = {"key": key, "examples": len(dataset), "layers": len(cls[0][0]) - 1, "hidden": int(cls[0].shape[-1]),
-            "dtype": dtype, "max_length": max_length, "per_word": logits[0].ndim == 3}
+            "dtype": dtype, "max_length": max_length, "per_word": logits[0].ndim == 3 and not qa, "per_position": qa}
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "logits.npy", np.concatenate(logits))  # sentence logits stay fp32: they are tiny
         np.save(tmp / "cls.npy", np.concatenate(cls))
@@ -116,9 +126,10 @@ class TeacherCache:
         return cls(folder, meta)
 
     def lookup(self, index: torch.Tensor, device: torch.device | str = "cpu",
-               words: int | None = None) -> ModelOutputs:
+               words: int | None = None, positions: int | None = None) -> ModelOutputs:
         """The cached outputs of train rows ``index`` [B]; per-word logits (tagging) cut to the
-        batch's ``words`` (its most words)."""
+        batch's ``words`` (its most words), QA's per-position logits to its ``positions`` (its
+        longest window)."""
         rows = np.sort(index.cpu().numpy())  # sorted reads from the memory map, then back to batch order
         order = np.searchsorted(rows, index.cpu().numpy())
 
@@ -128,7 +139,8 @@ class TeacherCache:
 
         cls, mean = take(self.cls), take(self.mean)
         layers = range(cls.shape[1])
-        logits = take(self.logits if words is None else self.logits[:, :words])
+        logits = take(self.logits[:, :words] if words is not None else
+                      self.logits[:, :, :positions] if positions is not None else self.logits)
         return ModelOutputs(logits=logits, attention_mask=None,
                             cls={layer: cls[:, layer] for layer in layers},
                             mean={layer: mean[:, layer] for layer in layers})
