@@ -130,10 +130,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
     for name in task_names():
         if name == "custom":
             print("custom\tyour CSV/TSV/JSON/Parquet files (task.files, task.text_columns, task.label_column); "
-                  "tagging: CoNLL columns or JSON lines (task.problem: tagging)")
+                  "tagging: CoNLL columns or JSON lines (task.problem: tagging); QA: SQuAD JSON (task.problem: qa)")
             continue
         spec = get_task(name)
-        labels = ",".join(spec.labels) if spec.labels else "regression"
+        labels = ",".join(spec.labels) if spec.labels else "answer span" if spec.problem == "qa" else "regression"
         print(f"{name}\t{spec.num_text_fields} text(s)\t{labels}\t{'/'.join(spec.metrics)}")
     return 0
 

@@ -106,7 +106,7 @@ CASES = [
          "use one of [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 384]",
          {"student": {"attention_heads": 5}}),
     Case("unknown-task", "kdpipe data: error: task.name: unknown task 'mrcp' (did you mean 'mrpc'?); known: tweets, "
-         "cola, sst2, mrpc, stsb, qqp, mnli, mnli_mm, qnli, rte, wnli, conll2003, custom",
+         "cola, sst2, mrpc, stsb, qqp, mnli, mnli_mm, qnli, rte, wnli, conll2003, squad, custom",
          {"task": {"name": "mrcp", "files": DELETE, "text_columns": DELETE, "label_column": DELETE}}),
     Case("custom-key-on-a-registered-task", "kdpipe data: error: task.files: only used with task.name: custom "
          "(task.name is 'tweets'); remove it",

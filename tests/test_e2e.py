@@ -230,8 +230,8 @@ NOT_RUN_HERE = {
     "for t in cola mrpc rte stsb": "the GLUE suite's queue (as above)",
     "git checkout params.yaml && OMP_NUM_THREADS=1 dvc queue start": "the GLUE suite's queue (as above)",
     "printf 'A man plays.": "needs a sentence-pair export; test_runtime.py and test_cli.py predict pairs",
-    "kdpipe predict exports/tinybert": "a tagging export: tests/test_e2e_tagging.py runs this line as written "
-                                       "in its CoNLL-2003 project",
+    "kdpipe predict exports/tinybert": "a tagging or QA export: tests/test_e2e_tagging.py and test_e2e_qa.py "
+                                       "run these lines as written in their CoNLL-2003 and SQuAD projects",
     "kdpipe compare --metrics-dir benchmarks/results/": "a measured suite's committed metrics: "
                                                         "tests/test_readme_results.py checks the output is the README's",
     "torchrun": "multi-process training: test_two_processes_train_one_teacher runs it on 2 CPU processes",

@@ -58,7 +58,7 @@ def test_the_export_tags_raw_text_torch_free(ner_project):
     record = json.loads(next(line for line in shown.splitlines() if line.startswith("{")))
     assert record["tokens"] == text.split() and len(record["tags"]) == 6
     assert all(text[e["start"]:e["end"]] == e["text"] for e in record["entities"])
-    readme = [c for _, c in readme_commands() if c.startswith("kdpipe predict exports/tinybert")]
+    readme = [c for _, c in readme_commands() if c.startswith("kdpipe predict exports/tinybert") and "--question" not in c]
     assert readme, "the README's NER predict line"
     for command in readme:  # as written
         shown = sh(["bash", "-c", command], root)
