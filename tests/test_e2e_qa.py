@@ -71,8 +71,9 @@ def test_the_export_answers_torch_free(qa_project):
                 "--context", CONTEXT, "--json", "--int8"], root)
     record = json.loads(next(line for line in shown.splitlines() if line.startswith("{")))
     assert CONTEXT[record["start"]:record["end"]] == record["answer"] and record["answer"]
-    lines = "\n".join(json.dumps({"question": q, "context": CONTEXT}) for q in ("Who lost?", "Where was it played?"))
-    shown = sh(["bash", "-c", f"printf '%s\\n' '{lines}' | kdpipe predict exports/tinybert"], root)
+    (root / "questions.jsonl").write_text("".join(json.dumps({"question": q, "context": CONTEXT}) + "\n"
+                                                  for q in ("Who lost?", "Where was it played?")))
+    shown = sh(["bash", "-c", "kdpipe predict exports/tinybert < questions.jsonl"], root)
     assert [line.split("\t")[-1] for line in shown.strip().splitlines()[-2:]] == ["Who lost?", "Where was it played?"]
     readme = [c for _, c in readme_commands() if c.startswith("kdpipe predict exports/tinybert --question")]
     assert readme, "the README's QA predict line"

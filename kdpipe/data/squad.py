@@ -123,10 +123,5 @@ def question_answers(examples: list[QAExample], windows: QAWindows, start_logits
 def example_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,
                     max_answer_tokens: int = 30) -> dict[str, str]:
     """Question id -> the best span over all of its windows (the windows merged by score)."""
-    best: dict[int, tuple[str, float]] = {}
-    for w, example_i in enumerate(windows.example_index):
-        text, score = best_answer(start_logits[w], end_logits[w], windows.offsets[w],
-                                  examples[example_i].context, max_answer_tokens)
-        if example_i not in best or score > best[example_i][1]:
-            best[example_i] = (text, score)
-    return {examples[i].id: text for i, (text, _) in best.items()}
+    texts = question_answers(examples, windows, start_logits, end_logits, max_answer_tokens)
+    return {e.id: text for e, text in zip(examples, texts)}
