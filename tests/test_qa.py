@@ -276,11 +276,13 @@ def test_a_qa_export_is_an_mlflow_pyfunc_that_answers(export_dir, tmp_path, monk
     assert model.metadata.signature.inputs.input_names() == ["question", "context"]
 
 
-def test_int8_agreement_is_the_share_of_identical_answers():
+def test_int8_agreement_is_the_mean_token_f1_of_int8_answers_against_fp32_ones():
     from kdpipe.pipeline.export import prediction_agreement
 
-    assert prediction_agreement(SQUAD_SPEC, np.array(["a", "b", "c", "d"], dtype=object),
-                                np.array(["a", "b", "x", "d"], dtype=object)) == 0.75
+    fp32 = np.array(["Denver Broncos", "Levi's Stadium", "2015", "the game"], dtype=object)
+    int8 = np.array(["Denver Broncos", "Levi's Stadium in", "1999", "game"], dtype=object)
+    # 1, F1("levis stadium in" vs "levis stadium") = 2 * (2/3 * 1) / (2/3 + 1) = 0.8, 0, 1 ("the" is normalised away)
+    assert prediction_agreement(SQUAD_SPEC, fp32, int8) == pytest.approx((1 + 0.8 + 0 + 1) / 4)
 
 
 def test_sentence_level_methods_ptp_and_supplementary_text_are_refused_for_qa():
