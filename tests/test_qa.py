@@ -283,6 +283,19 @@ def test_int8_agreement_is_the_mean_token_f1_of_int8_answers_against_fp32_ones()
     int8 = np.array(["Denver Broncos", "Levi's Stadium in", "1999", "game"], dtype=object)
     # 1, F1("levis stadium in" vs "levis stadium") = 2 * (2/3 * 1) / (2/3 + 1) = 0.8, 0, 1 ("the" is normalised away)
     assert prediction_agreement(SQUAD_SPEC, fp32, int8) == pytest.approx((1 + 0.8 + 0 + 1) / 4)
+    from kdpipe.config import ExportConfig
+    from kdpipe.pipeline.export import ExportCheckError, check_gates, int8_gate
+
+    refs = np.empty(4, dtype=object)
+    refs[:] = [[a] for a in fp32]
+    # QA's floor is int8_min_answer_f1, not the classifiers' int8_min_agreement
+    loose = ExportConfig(int8_min_answer_f1=0.6, int8_min_agreement=1.0, int8_max_drop=1.0)
+    gate = int8_gate(SQUAD_SPEC, fp32, int8, refs, loose)
+    assert gate["agreement_kind"] == "answer_f1" and gate["verdict"] == "pass"
+    default = ExportConfig(int8_max_drop=1.0)  # 0.8
+    report = {"parity": {"max_abs_diff": 0.0}, "int8_gate": int8_gate(SQUAD_SPEC, fp32, int8, refs, default)}
+    with pytest.raises(ExportCheckError, match=r"mean token F1 of 0\.700 over 4 dev questions.*int8_min_answer_f1 \(0\.8\)"):
+        check_gates(report, SQUAD_SPEC, default)
 
 
 def test_sentence_level_methods_ptp_and_supplementary_text_are_refused_for_qa():

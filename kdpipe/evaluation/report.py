@@ -154,6 +154,11 @@ def pareto_front(rows: list[Row]) -> list[str]:
     return front
 
 
+def _unit(evaluation: dict) -> str:
+    """What the bootstrap resamples: sentences (tagging), questions (QA) or examples."""
+    return {"tagging": "sentences", "qa": "questions"}.get(evaluation.get("spec", {}).get("problem"), "examples")
+
+
 def _against_teacher(row: Row, teacher: Row) -> str:
     """The shipped student's size and batch-1 speed against the teacher's own int8 ONNX model."""
     t, r = teacher.int8_ms.get("batch_1"), row.int8_ms.get("batch_1")
@@ -185,7 +190,8 @@ def headline(rows: list[Row], evaluation: dict) -> list[str]:
         parts = [f"better: {', '.join(better)}" if better else "none is better",
                  f"worse: {', '.join(worse)}" if worse else "none is worse"]
         lines.append(f"Against {label}: {'; '.join(parts)}; no detectable difference for {len(ties)} of "
-                     f"{len(compared)} (95 % paired bootstrap over {evaluation.get('dev_examples', 'the dev')} examples).")
+                     f"{len(compared)} (95 % paired bootstrap over {evaluation.get('dev_examples', 'the dev')} "
+                     f"{_unit(evaluation)}).")
     tied_with_best = [r.name for r in students if r.versus.get("best", {}).get("verdict") == TIE]
     if tied_with_best:
         lines.append(f"No detectable difference from the best: {', '.join(tied_with_best)}; "
