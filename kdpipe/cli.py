@@ -292,10 +292,7 @@ def _qa_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         return list(args.question), contexts
     if args.context or args.context_file:
         raise ValueError("--context needs --question")
-    source = str(args.file) if args.file else "stdin"
-    if args.file and not args.file.is_file():
-        raise FileNotFoundError(f"--file {args.file} not found")
-    lines = args.file.read_text(encoding="utf-8-sig").splitlines() if args.file else list(sys.stdin)
+    lines, source = _input_lines(args)
     questions, contexts = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -332,18 +329,23 @@ def _predict_inputs(args: argparse.Namespace) -> tuple[list[str], list[str] | No
         return list(args.texts), None if args.pair is None else list(args.pair), names
     if args.pair is not None:
         raise ValueError("--pair needs TEXT arguments (use a two-column TSV with --file or stdin)")
-    if args.file:
-        if not args.file.is_file():
-            raise FileNotFoundError(f"--file {args.file} not found")
-        raw = args.file.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            raise ValueError(f"{args.file} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
-                             f"save the file as UTF-8") from None
-        return _read_lines(text.splitlines(), str(args.file))
-    return _read_lines(sys.stdin, "stdin")
+    return _read_lines(*_input_lines(args))
+
+
+def _input_lines(args: argparse.Namespace) -> tuple[Iterable[str], str]:
+    """The lines of --file (UTF-8, checked) or of stdin, and the name to cite in messages."""
+    if not args.file:
+        return sys.stdin, "stdin"
+    if not args.file.is_file():
+        raise FileNotFoundError(f"--file {args.file} not found")
+    raw = args.file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{args.file} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                         f"save the file as UTF-8") from None
+    return text.splitlines(), str(args.file)
 
 
 def _read_lines(lines: Iterable[str], source: str) -> tuple[list[str], list[str] | None, list[str]]:

@@ -69,6 +69,22 @@ def padded_batch(pad_to: int, sentences=SENTENCES) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
+def logged_pyfunc(export_dir, tmp_path, monkeypatch, experiment: str):
+    """``export_dir`` logged as the export stage does (a local MLflow store in ``tmp_path``, no
+    outer pipeline run) and loaded back as an MLflow pyfunc."""
+    import mlflow
+
+    from kdpipe.tracking import stage_run
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "KDPIPE_PIPELINE_RUN_ID", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    with stage_run("export", experiment=experiment, run_name="export/kd", tags={"kdpipe.run": "kd"}) as t:
+        logged = t.log_export_model(export_dir, f"{experiment}-kd")
+    return mlflow.pyfunc.load_model(logged["model_uri"])
+
+
 def forward_pair(method, student, teacher, inputs: dict, teacher_grad: bool = False):
     """(student outputs, teacher outputs) capturing what ``method`` needs from each."""
     import torch

@@ -63,6 +63,17 @@ def dvc(*args: str, root: Path) -> str:
     return sh([sys.executable, "-m", "dvc", *args], root)
 
 
+def child_run_names(root: Path, experiment: str = "e2e") -> set[str]:
+    """The run names under the project's pipeline (parent) MLflow run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    parent = client.search_runs([exp.experiment_id], filter_string="tags.`kdpipe.kind` = 'pipeline'")[0]
+    return {c.info.run_name for c in client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+
+
 def make_project(root: Path, params: dict) -> Path:
     """A git + DVC project in ``root``: this repo's pipeline and package, and ``params``."""
     for item in ("dvc.yaml", "stages", ".dvc/config", ".gitignore"):

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import REPO
-from test_e2e import dvc, make_project, readme_commands, sh, tiny_params
+from test_e2e import child_run_names, dvc, make_project, readme_commands, sh, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -67,12 +67,6 @@ def test_the_export_tags_raw_text_torch_free(ner_project):
 
 
 def test_each_stage_and_method_is_a_child_mlflow_run(ner_project):
-    import mlflow
-
     root, _ = ner_project
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("e2e")
-    parent = client.search_runs([exp.experiment_id], filter_string="tags.`kdpipe.kind` = 'pipeline'")[0]
-    names = {c.info.run_name for c in client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    names = child_run_names(root)
     assert {"teacher", "evaluate", *(f"distill/{r}/seed-1" for r in RUNS), *(f"export/{r}" for r in RUNS)} <= names

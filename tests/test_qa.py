@@ -257,19 +257,11 @@ def test_cli_answers_from_options_and_json_lines(export_dir, tmp_path, capsys, m
 
 
 def test_a_qa_export_is_an_mlflow_pyfunc_that_answers(export_dir, tmp_path, monkeypatch):
-    import mlflow
-
+    from conftest import logged_pyfunc
     from kdpipe.export.runtime import OnnxQuestionAnswerer
-    from kdpipe.tracking import stage_run
 
     folder, _ = export_dir
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "KDPIPE_PIPELINE_RUN_ID", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        monkeypatch.delenv(name, raising=False)
-    with stage_run("export", experiment="qa", run_name="export/kd", tags={"kdpipe.run": "kd"}) as t:
-        logged = t.log_export_model(folder, "qa-kd")
-    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    model = logged_pyfunc(folder, tmp_path, monkeypatch, "qa")
     got = model.predict(pd.DataFrame({"question": ["Who won?", "Which season?"], "context": [CONTEXT, CONTEXT]}))
     expected = OnnxQuestionAnswerer.from_dir(folder).answer(["Who won?", "Which season?"], [CONTEXT, CONTEXT])
     assert got["answer"].tolist() == [e["answer"] for e in expected]

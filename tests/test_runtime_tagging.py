@@ -111,18 +111,11 @@ def test_cli_prints_entities(export_dir, capsys):
 
 
 def test_a_tagging_export_is_an_mlflow_pyfunc_that_returns_entities(export_dir, tmp_path, monkeypatch):
-    import mlflow
     import pandas as pd
 
-    from kdpipe.tracking import stage_run
+    from conftest import logged_pyfunc
 
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "KDPIPE_PIPELINE_RUN_ID", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        monkeypatch.delenv(name, raising=False)
-    with stage_run("export", experiment="ner", run_name="export/kd", tags={"kdpipe.run": "kd"}) as t:
-        logged = t.log_export_model(export_dir, "ner-kd")
-    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    model = logged_pyfunc(export_dir, tmp_path, monkeypatch, "ner")
     texts = ["Peter Blackburn flew to Germany.", "EU rejects German call"]
     got = model.predict(pd.DataFrame({"text": texts}))
     assert list(got.columns) == ["entities"] and model.metadata.signature.inputs.input_names() == ["text"]

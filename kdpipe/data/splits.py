@@ -96,22 +96,17 @@ class QADataset(Dataset):
 
     def references(self):
         """Each question's reference answers ([] = unanswerable): [Q] object array of lists."""
-        import numpy as np
+        from kdpipe.data.squad import object_array
 
-        refs = np.empty(len(self.examples), dtype=object)
-        refs[:] = [list(e.answers) for e in self.examples]
-        return refs
+        return object_array([list(e.answers) for e in self.examples])
 
     def answers(self, logits):
         """Window logits [windows, 2, L] -> each question's best answer over its windows ([Q]
         object array of str; SQuAD's post-processing, ``data.squad.question_answers``)."""
-        import numpy as np
+        from kdpipe.data.squad import object_array, question_answers
 
-        from kdpipe.data.squad import question_answers
-
-        texts = np.empty(len(self.examples), dtype=object)
-        texts[:] = question_answers(self.examples, self.windows, logits[:, 0], logits[:, 1], self.max_answer_length)
-        return texts
+        return object_array(question_answers(self.examples, self.windows, logits[:, 0], logits[:, 1],
+                                             self.max_answer_length))
 
 
 def load_datasets(folder: str | Path, tokenizer=None, max_length: int | None = None) -> tuple[TaskSpec, dict[str, Dataset]]:

@@ -110,14 +110,22 @@ def best_answer(start_logits, end_logits, offsets: list[tuple[int, int] | None],
 def question_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,
                      max_answer_tokens: int = 30) -> list[str]:
     """The best span of every example, in example order, over all of its windows (merged by
-    score, as ``example_answers``); "" where no window offers a span.  Logits [windows, L]."""
-    best: dict[int, tuple[str, float]] = {}
-    for w, example_i in enumerate(windows.example_index):
-        text, score = best_answer(start_logits[w], end_logits[w], windows.offsets[w],
-                                  examples[example_i].context, max_answer_tokens)
-        if example_i not in best or score > best[example_i][1]:
-            best[example_i] = (text, score)
-    return [best.get(i, ("", 0.0))[0] for i in range(len(examples))]
+    score, as the deployed runtime merges them: ``export.runtime.question_spans``); "" where no
+    window offers a span.  Logits [windows, L]."""
+    from kdpipe.export.runtime import best_span, question_spans
+
+    spans = (best_span(start_logits[w], end_logits[w], windows.offsets[w], max_answer_tokens)
+             for w in range(len(windows.example_index)))
+    return [e.context[start:end] for e, (start, end, _) in
+            zip(examples, question_spans(windows.example_index, spans, len(examples)))]
+
+
+def object_array(values) -> np.ndarray:
+    """A [N] object array of ``values`` (answer strings, or lists of references), without numpy
+    turning equal-length lists into a 2-D array."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
 
 
 def example_answers(examples: list[QAExample], windows: QAWindows, start_logits, end_logits,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kdpipe.data.conll import IGNORE
+from kdpipe.data.squad import object_array
 from kdpipe.data.tasks import KNOWN_METRICS, QA_METRICS, TaskSpec
 
 
@@ -79,7 +80,7 @@ def predicted_values(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
     regression accepts ``[N]`` or ``[N, 1]``.
     """
     if spec.problem == "qa":  # already decided: each question's answer text
-        return _texts(predictions)
+        return object_array(predictions)
     predictions = np.asarray(predictions)
     if spec.problem == "tagging":  # logits [N, W, C] -> tag ids [N, W]
         return predictions.argmax(-1) if predictions.ndim == 3 else predictions
@@ -134,14 +135,6 @@ def entity_f1(counts: np.ndarray) -> float:
     """Micro F1 over entities from ``entity_counts`` rows [..., 3]: 2 TP / (predicted + gold)."""
     tp, predicted, true = np.asarray(counts).reshape(-1, 3).sum(0)
     return float(2 * tp / (predicted + true)) if predicted + true else 0.0
-
-
-def _texts(values) -> np.ndarray:
-    """A [Q] object array of ``values`` (strings, or lists of references) without numpy
-    turning equal-length lists into a 2-D array."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out
 
 
 def qa_scores(predictions, references) -> np.ndarray:

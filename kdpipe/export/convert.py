@@ -26,6 +26,7 @@ from torch import nn
 from kdpipe.evaluation.latency import time_calls
 from kdpipe.export.runtime import OUTPUT_NAME, QA_OUTPUT_NAMES, disable_telemetry, make_session, ort, session_logits
 from kdpipe.files import atomic_file
+from kdpipe.models.loading import model_problem
 
 __all__ = ["INPUT_ORDER", "export_onnx", "quantize_int8", "make_session", "onnx_logits", "parity",
            "onnx_latency", "strip_initializer_value_info"]
@@ -60,14 +61,9 @@ class _LogitsOnly(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(input_ids=input_ids, **kwargs, output_hidden_states=False,
                          output_attentions=False, return_dict=True)
-        if is_span_model(self.model):  # QA: two outputs [batch, seq], the names Optimum's QA models read
+        if model_problem(self.model) == "qa":  # two outputs [batch, seq], the names Optimum's QA models read
             return out.start_logits, out.end_logits
         return out.logits
-
-
-def is_span_model(model: nn.Module) -> bool:
-    """A ``*ForQuestionAnswering`` model (start and end logits instead of ``logits``)."""
-    return type(model).__name__.endswith("ForQuestionAnswering")
 
 
 def _torch_logits(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
@@ -124,7 +120,7 @@ def export_onnx(model: nn.Module, sample_inputs: Mapping[str, torch.Tensor], pat
     dynamic_shapes = {n: {0: batch, 1: seq} for n in names}
     with _eval_mode(model), _quiet_export(), atomic_file(path) as tmp:
         torch.onnx.export(_LogitsOnly(model).eval(), (), str(tmp), kwargs=kwargs, dynamo=True,
-                          input_names=names, output_names=list(QA_OUTPUT_NAMES) if is_span_model(model) else [OUTPUT_NAME],
+                          input_names=names, output_names=list(QA_OUTPUT_NAMES) if model_problem(model) == "qa" else [OUTPUT_NAME],
                           dynamic_shapes=dynamic_shapes,
                           external_data=False, verbose=False)
     return names

@@ -427,7 +427,7 @@ def best_span(start_logits, end_logits, offsets: list[tuple[int, int] | None], m
     its score: start <= end, both context tokens (``offsets`` None elsewhere), at most
     ``max_answer_tokens`` long, score = start + end logit, searched among the ``top_k`` best
     starts and ends (BERT's SQuAD post-processing); (0, 0, -inf) when no span qualifies.
-    Evaluation (``data.squad.best_answer``) calls it too, so dev scores are what users get."""
+    Evaluation (``data.squad.question_answers``) calls it too, so dev scores are what users get."""
     n = len(offsets)  # logits past it are padding
     context_token = np.array([o is not None for o in offsets], dtype=bool)
     starts = np.where(context_token, np.asarray(start_logits, dtype=np.float64)[:n], -np.inf)
@@ -440,6 +440,18 @@ def best_span(start_logits, end_logits, offsets: list[tuple[int, int] | None], m
     if not np.isfinite(scores[i, j]):
         return 0, 0, float("-inf")
     return offsets[s[i]][0], offsets[e[j]][1], float(scores[i, j])
+
+
+def question_spans(window_question: Sequence[int], window_spans: Iterable[tuple[int, int, float]],
+                   questions: int) -> list[tuple[int, int, float]]:
+    """Each question's best span over its windows (the highest-scoring ``best_span``), in question
+    order; (0, 0, -inf) for a question without a qualifying span.  ``window_question``: the
+    question each window reads."""
+    best = [(0, 0, float("-inf"))] * questions
+    for i, span in zip(window_question, window_spans):
+        if span[2] > best[i][2]:
+            best[i] = span
+    return best
 
 
 class OnnxQuestionAnswerer(OnnxExport):
@@ -496,15 +508,11 @@ class OnnxQuestionAnswerer(OnnxExport):
             if not str(q).strip() or not str(c).strip():
                 raise ValueError(f"question {i + 1}: the {'question' if not str(q).strip() else 'context'} is empty")
         windows = self.windows(questions, contexts)
-        best: dict[int, tuple[int, int, float]] = {}
-        for (i, w), logits in zip(windows, self.window_logits(windows, batch_size)):
-            offsets = [o if s == 1 else None for o, s in zip(w.offsets, w.sequence_ids)]
-            span = best_span(logits[0], logits[1], offsets, int(self.meta.qa["max_answer_length"]))
-            if i not in best or span[2] > best[i][2]:
-                best[i] = span
+        longest = int(self.meta.qa["max_answer_length"])
+        spans = (best_span(logits[0], logits[1], [o if s == 1 else None for o, s in zip(w.offsets, w.sequence_ids)],
+                           longest) for (_, w), logits in zip(windows, self.window_logits(windows, batch_size)))
         results = []
-        for i, context in enumerate(contexts):
-            start, end, score = best[i]
+        for context, (start, end, score) in zip(contexts, question_spans([i for i, _ in windows], spans, len(contexts))):
             results.append({"answer": context[start:end], "start": start, "end": end,
                             "score": float(score) if np.isfinite(score) else None})
         return results
