@@ -58,11 +58,8 @@ def stage_walls(project: Path) -> dict[str, float]:
         script = next((a for a in args if a.startswith("stages/")), None)
         if script is None:
             continue
-        rest = args[args.index(script) + 1:]  # distill: RUN SEED (stage distill@RUN-SEED); export: RUN SEED
-        if Path(script).stem == "distill" and len(rest) > 1:
-            name = f"distill@{rest[0]}-{rest[1]}"
-        else:
-            name = Path(script).stem + (f"@{rest[0]}" if rest else "")
+        rest = args[args.index(script) + 1:]  # distill: RUN (stage distill@RUN); export: RUN SEED
+        name = Path(script).stem + (f"@{rest[0]}" if rest else "")
         walls[name] = float(end) - float(start)
     return walls
 
@@ -78,12 +75,12 @@ def tracked_seconds(project: Path) -> dict[str, float]:
     if not parents:
         return {}
     children = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    out = {}
+    out: dict[str, float] = {}
     for child in children:
         if child.info.end_time:
-            # distill/<run>/seed-<seed> -> distill@<run>-<seed>, the DVC stage's name
-            name = re.sub(r"/seed-(\d+)$", r"-\1", re.sub(r"/", "@", child.info.run_name, count=1))
-            out[name] = (child.info.end_time - child.info.start_time) / 1000
+            # distill/<run>/seed-<seed> -> distill@<run>, the DVC stage that trains all of the run's seeds
+            name = re.sub(r"/seed-\d+$", "", re.sub(r"/", "@", child.info.run_name, count=1))
+            out[name] = out.get(name, 0.0) + (child.info.end_time - child.info.start_time) / 1000
     return out
 
 

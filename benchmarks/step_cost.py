@@ -58,7 +58,7 @@ CASES = [
 class Runner:
     """One method's student, optimizer and step function."""
 
-    def __init__(self, case, teacher, layers, shapes, cache, accelerator):
+    def __init__(self, case, teacher, layers, shapes, cache, accelerator, fused: bool = True):
         label, name, params, phase, cached = case
         self.label, self.teacher, self.accelerator = label, teacher, accelerator
         self.method = build_method(name, params, regression=False, shapes=shapes).to(accelerator.device)
@@ -68,7 +68,7 @@ class Runner:
         self.cache = cache if cached else None
         self.student = build_student(teacher, layers).to(accelerator.device).train().requires_grad_(True)
         params = list(self.student.parameters()) + [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused)  # as the engine's
         self.times: list[float] = []
 
     def step(self, batch) -> None:
@@ -96,6 +96,20 @@ class Runner:
         self.times.append(time.perf_counter() - start)
 
 
+def real_batches(steps: int, batch_size: int, max_length: int, device="cpu"):
+    """The packaged MiniLM as a 3-class teacher, its tokenizer, ``steps * batch_size`` real tweets
+    and their batches (student and teacher inputs), in order."""
+    base = resolve_model_path("minilm")
+    tokenizer = load_tokenizer(base)
+    teacher = load_classifier(base, 3).to(device).eval().requires_grad_(False)
+    _, splits = load_task(TaskConfig(max_train_examples=steps * batch_size), 0, ".")
+    data = TextDataset(splits["train"])
+    enc = Encoder(tokenizer, EncoderFamily.input_names(teacher, tokenizer), max_length)
+    collate = DistillCollator(enc, enc, regression=False)
+    batches = [collate([data[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(steps)]
+    return teacher, tokenizer, data, batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=24)
@@ -106,15 +120,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     accelerator = make_accelerator("auto")
-    base = resolve_model_path("minilm")
-    tokenizer = load_tokenizer(base)
-    teacher = load_classifier(base, 3).to(accelerator.device).eval().requires_grad_(False)
-    _, splits = load_task(TaskConfig(max_train_examples=args.steps * args.batch_size), 0, ".")
-    data = TextDataset(splits["train"])
-    enc = Encoder(tokenizer, EncoderFamily.input_names(teacher, tokenizer), args.max_length)
-    collate = DistillCollator(enc, enc, regression=False)
-    batches = [collate([data[i] for i in range(s * args.batch_size, (s + 1) * args.batch_size)])
-               for s in range(args.steps)]
+    teacher, tokenizer, data, batches = real_batches(args.steps, args.batch_size, args.max_length, accelerator.device)
     layers = select_layers(6, args.student_layers, "uniform")
     shapes = Shapes(student=ModelShape(args.student_layers, 384, 12), teacher=ModelShape.of(teacher.config))
     with tempfile.TemporaryDirectory() as tmp:

@@ -186,7 +186,7 @@ class TeacherCacheConfig(Strict):
 class DistillConfig(Strict):
     train: TrainConfig = TrainConfig()
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
-    # Every run trains once per seed (stage distill@<run>-<seed>): data order, dropout, fresh heads
+    # Every run trains once per seed (in its stage distill@<run>): data order, dropout, fresh heads
     # and projections, RAIL-KD draws, mixup.  Data splits, teacher and PTP keep the top-level seed.
     seeds: list[int] = Field(default_factory=lambda: [42])
     runs: dict[str, RunConfig] = Field(default_factory=lambda: {"vanilla_kd": RunConfig(method="vanilla_kd")})

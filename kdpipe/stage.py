@@ -27,9 +27,30 @@ class StageContext:
     root: Path
     tracker: Any  # kdpipe.tracking.Tracker or NullTracker
     is_main: bool = True  # False on ranks > 0 under `accelerate launch`: they neither log nor write
+    name: str = ""
+    sections: Sequence[str] = ()
+    tags: dict[str, Any] | None = None
 
     def path(self, relative: str) -> Path:
         return self.root / relative
+
+    def track(self, run_name: str, tags: dict[str, Any] | None = None):
+        """One more MLflow run of this stage under the pipeline's parent, with the stage's params
+        sections logged (a stage that trains several models: one run per model, in turn)."""
+        from kdpipe.tracking import stage_run
+
+        return _stage_run(stage_run, self.name, self.params, self.is_main, run_name, {**(self.tags or {}), **(tags or {})},
+                          self.sections)
+
+
+@contextlib.contextmanager
+def _stage_run(stage_run, name: str, params: Params, is_main: bool, run_name: str | None, tags: dict[str, Any],
+               sections: Sequence[str]):
+    dumped = params.model_dump()
+    with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled and is_main,
+                   run_name=run_name, tags={"kdpipe.task": params.task.name, **tags}) as tracker:
+        tracker.log_params({key: dumped[key] for key in sections})
+        yield tracker
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -51,11 +72,14 @@ def _raise_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def stage(name: str, sections: list[str], run_name: str | None = None,
-          tags: dict[str, Any] | None = None, reads: Sequence[str] = (), models: bool = True) -> Iterator[StageContext]:
+          tags: dict[str, Any] | None = None, reads: Sequence[str] = (), models: bool = True,
+          tracked: bool = True) -> Iterator[StageContext]:
     """``sections`` are the params.yaml sections this stage reads (logged as the run's params);
     ``reads`` the model folders it loads (checked in the preflight, before any work).
     ``models=False``: a stage that reads only reports (summary) skips the preflight against the
-    models' shapes, and with it the torch and transformers imports (8 of its 9 s)."""
+    models' shapes, and with it the torch and transformers imports (8 of its 9 s).
+    ``tracked=False``: no MLflow run for the stage itself; it opens one per model it trains
+    (``StageContext.track``)."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary outputs are cleaned up
     # and the MLflow run is marked KILLED instead of the process vanishing mid-write.
     apply_defaults()
@@ -80,11 +104,13 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
         is_main = is_main_process()
     else:  # a single process: no launcher, no torch
         is_main = os.environ.get("RANK", "0") == "0"
-    dumped = params.model_dump()
-    with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled and is_main,
-                   run_name=run_name, tags={"kdpipe.task": params.task.name, **(tags or {})}) as tracker:
-        tracker.log_params({key: dumped[key] for key in sections})
+    run = _stage_run(stage_run, name, params, is_main, run_name, tags or {}, sections) if tracked \
+        else contextlib.nullcontext(None)
+    with run as tracker:
+        if tracker is None:
+            from kdpipe.tracking import NullTracker
+            tracker = NullTracker()
         try:
-            yield StageContext(params, root, tracker, is_main)
+            yield StageContext(params, root, tracker, is_main, name, sections, tags)
         except _user_errors() as e:
             _fail(name, e, code=1)

@@ -173,3 +173,15 @@ def test_the_default_first_run_stays_small():
     params = check_runs(load_params(REPO / "params.yaml"))
     methods = {run.method for run in params.distill.runs.values()}
     assert len(params.distill.runs) <= 6 and {"finetune", "vanilla_kd", "pea_kd"} <= methods
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_is_named_by_its_key():
+    from kdpipe.pipeline.preflight import precision_notes
+
+    params = parse_params({"distill": {"train": {"mixed_precision": "bf16"},
+                                       "runs": {"kd": {"method": "vanilla_kd"},
+                                                "ft": {"method": "finetune", "train": {"mixed_precision": "no"}}}}})
+    notes = precision_notes(params, cpu_bf16=False)
+    assert [n.split(":")[0] for n in notes] == ["distill.train.mixed_precision"]  # ft's own train: says no
+    assert "slower than fp32" in notes[0]
+    assert precision_notes(params, cpu_bf16=True) == []

@@ -106,8 +106,8 @@ def project(tmp_path_factory, glue_dir, minilm_path) -> Path:
 
 def test_repro_builds_every_artifact(project):
     root, out = project
-    for stage in ("data", "teacher", "teacher_outputs", "distill@finetune-42", "distill@finetune-43",
-                  "distill@vanilla_kd-42", "distill@vanilla_kd-43", "evaluate", "export@finetune", "export@vanilla_kd", "export_teacher", "summary"):
+    for stage in ("data", "teacher", "teacher_outputs", "distill@finetune",
+                  "distill@vanilla_kd", "evaluate", "export@finetune", "export@vanilla_kd", "export_teacher", "summary"):
         assert f"'{stage}'" in out, stage
     assert (root / "models/teacher/model.safetensors").exists()
     for run in ("finetune", "vanilla_kd"):
@@ -228,6 +228,19 @@ def test_noop_repro_runs_only_the_input_hashing(project):
     assert re.findall(r"Running stage '([^']+)'", dvc("repro", root=root)) == ["inputs"]
 
 
+def test_a_distill_stage_run_again_keeps_its_unchanged_seeds_and_drops_unlisted_ones(project):
+    root, _ = project
+    weights = sorted((root / "models/students/finetune").glob("seed-*/model.safetensors"))
+    before = [w.stat().st_mtime_ns for w in weights]
+    stale = root / "models/students/finetune/seed-7"  # a seed no longer in distill.seeds
+    shutil.copytree(weights[0].parent, stale)
+    out = sh([sys.executable, "stages/distill.py", "finetune"], root)
+    assert out.count("kept (nothing it depends on changed since it was trained)") == len(weights) == 2
+    assert [w.stat().st_mtime_ns for w in weights] == before and not stale.exists()
+    assert "removed the students of seeds [7]" in out
+    assert re.findall(r"Running stage '([^']+)'", dvc("repro", root=root)) == ["inputs"]  # nothing DVC sees changed
+
+
 # ------------------------------------------------------------------------------ README commands
 # Every command line of the README's bash blocks runs here, as written, in order, against the tiny
 # project (the default's task and run names), except those below, each with why and where else it
@@ -292,8 +305,8 @@ def test_readme_commands_run_as_written(project):
         "label"] in {"negative", "neutral", "positive"}
     # the experiment re-runs only that student (and what reads it), never the teacher
     ran = set(re.findall(r"Running stage '([^']+)'", by_start("dvc exp run -S distill.runs.vanilla_kd")))
-    assert {"distill@vanilla_kd-42", "distill@vanilla_kd-43", "export@vanilla_kd", "evaluate", "summary"} <= ran
-    assert not ran & {"teacher", "distill@finetune-42", "distill@finetune-43", "data"}
+    assert {"distill@vanilla_kd", "export@vanilla_kd", "evaluate", "summary"} <= ran
+    assert not ran & {"teacher", "distill@finetune", "data"}
     # `dvc exp show` draws for a terminal (a pipe gets 80 columns of "…"): it ran without error
     # above, and the columns its filter keeps are checked through --md in test_metrics_compare_...
 

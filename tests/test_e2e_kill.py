@@ -120,7 +120,7 @@ def test_every_stage_kind_killed_at_a_random_point_then_repro_matches(reference,
         ("teacher", step_reached(root, "checkpoints/teacher", draw.randint(1, steps - 1))),
         ("teacher_outputs", "teacher_outputs"),
         ("ptp", step_reached(root, "checkpoints/ptp/L2_uniform_sps-upper_swap", draw.randint(1, steps - 1))),
-        ("distill@pea-1", step_reached(root, "checkpoints/distill/pea/seed-1", draw.randint(1, steps - 1))),
+        ("distill@pea", step_reached(root, "checkpoints/distill/pea/seed-1", draw.randint(1, steps - 1))),
         ("export@pea", "pea"),
     ]
     for stage, ready in kills:
@@ -128,7 +128,7 @@ def test_every_stage_kind_killed_at_a_random_point_then_repro_matches(reference,
             dvc("repro", "evaluate", root=root)
         kill_during(root, stage, ready)
         target = {"data": "data/prepared", "teacher": "models/teacher", "teacher_outputs": "data/teacher_outputs",
-                  "ptp": "models/ptp", "distill@pea-1": "models/students/pea/seed-1", "export@pea": "exports/pea"}[stage]
+                  "ptp": "models/ptp", "distill@pea": "models/students/pea/seed-1", "export@pea": "exports/pea"}[stage]
         assert not (root / target).exists(), f"{stage}: a killed first run left {target}"
         if stage in ("data", "teacher_outputs", "export@pea"):
             assert list(root.glob(f"{Path(target).parent}/.{Path(target).name}.tmp-*")), "no kill before the rename"

@@ -92,5 +92,5 @@ def test_changing_another_run_reuses_the_ptp_students(pea_project):
     params["distill"]["runs"]["pea_no_sps"]["beta"] = 10.0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     out = dvc("repro", "evaluate", root=root)
-    assert "Running stage 'ptp'" in out and "Running stage 'distill@pea_no_sps-1'" in out
-    assert "Running stage 'distill@pea-1'" not in out
+    assert "Running stage 'ptp'" in out and "Running stage 'distill@pea_no_sps'" in out
+    assert "Running stage 'distill@pea'" not in out

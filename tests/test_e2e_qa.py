@@ -40,7 +40,7 @@ def qa_project(tmp_path_factory, minilm_path):
 def test_every_stage_runs_for_extractive_qa(qa_project):
     root, out = qa_project
     for run in RUNS:
-        assert f"'distill@{run}-1'" in out and f"'export@{run}'" in out, run
+        assert f"'distill@{run}'" in out and f"'export@{run}'" in out, run
     report = json.loads((root / "metrics/evaluate.json").read_text())
     assert report["main_metric"] == "f1" and set(report["students"]) == set(RUNS)
     assert report["dev_examples"] == 32  # scored per question, not per window

@@ -49,7 +49,7 @@ def test_data_options_shape_the_prepared_train_split(relations_project):
 def test_both_methods_train_two_phases_and_are_evaluated(relations_project):
     root, out = relations_project
     for run in RUNS:
-        assert f"'distill@{run}-1'" in out and f"'export@{run}'" in out
+        assert f"'distill@{run}'" in out and f"'export@{run}'" in out
         s = summary(root, run)
         assert list(s["phases"]) == ["ild", "pred"] and s["phases"]["ild"]["selected"] == "last"
         assert s["teacher_signal"] == {"ild": "live", "pred": "cache"}

@@ -34,7 +34,7 @@ def ner_project(tmp_path_factory, minilm_path):
 def test_every_stage_runs_for_a_tagging_task(ner_project):
     root, out = ner_project
     for run in RUNS:
-        assert f"'distill@{run}-1'" in out and f"'export@{run}'" in out, run
+        assert f"'distill@{run}'" in out and f"'export@{run}'" in out, run
     report = json.loads((root / "metrics/evaluate.json").read_text())
     assert report["main_metric"] == "entity_f1" and set(report["students"]) == set(RUNS)
     for run, r in report["students"].items():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdpipe.data.tasks import TaskSpec
-from kdpipe.evaluation.significance import (ASO_THRESHOLD, BETTER, TIE, WORSE, almost_stochastic_order,
+from kdpipe.evaluation.significance import (ASO_THRESHOLD, BETTER, TIE, WORSE, almost_stochastic_order, almost_stochastic_orders,
                                             paired_difference, verdict)
 
 BINARY = TaskSpec("t", "classification", ("neg", "pos"), 1, ("accuracy",), "accuracy")
@@ -75,6 +75,14 @@ def test_almost_stochastic_order_over_seeds():
     assert almost_stochastic_order(worse, better) > 0.5
     with pytest.raises(ValueError, match="two seeds"):
         almost_stochastic_order([0.8], worse)
+
+
+def test_almost_stochastic_orders_in_parallel_equal_each_alone_in_order():
+    better, worse = [0.81, 0.80, 0.82], [0.70, 0.72, 0.71]
+    pairs = [(better, worse), (worse, better)]
+    together = almost_stochastic_orders(pairs, jobs=2)
+    assert together == [almost_stochastic_order(a, b) for a, b in pairs]
+    assert together[0] < ASO_THRESHOLD < 0.5 < together[1]
 
 
 def test_metric_interval_matches_the_binomial_interval_of_accuracy():

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from kdpipe.data.batches import DistillCollator, inference_loader
 from kdpipe.data.conll import IGNORE
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.metrics import compute_metrics
+from kdpipe.files import atomic_file
 from kdpipe.methods.base import label_loss
 from kdpipe.models.taps import PADDING_LOGIT, head_logits
 
@@ -65,3 +68,41 @@ def evaluate_split(model, loader, spec: TaskSpec, side: str = "student", autocas
         dataset = loader.dataset
         return {**compute_metrics(spec, dataset.answers(logits), dataset.references()), "loss": loss}
     return {**compute_metrics(spec, logits, labels), "loss": loss}
+
+
+# A trained model's raw dev/test outputs, saved in its folder by the stage that trained it, so
+# the evaluate stage scores them instead of predicting every seed of every run again.
+SPLIT_OUTPUTS_FILE = "split_outputs.npz"
+EVALUATED_SPLITS = ("dev", "test")
+INFERENCE_BATCH_SIZE = 64
+
+
+def split_outputs(model: torch.nn.Module, sets: dict, collator: DistillCollator) -> dict[str, tuple]:
+    """``predict`` on each evaluated split of ``sets`` (fp32, no autocast: the numbers the
+    evaluate stage reports and the ONNX export is compared with)."""
+    return {split: predict(model, inference_loader(sets[split], collator, INFERENCE_BATCH_SIZE))
+            for split in EVALUATED_SPLITS if split in sets}
+
+
+def save_split_outputs(folder: Path, outputs: dict[str, tuple], key: str) -> None:
+    """``outputs`` (``split_outputs``) into ``folder``; ``key`` names the data and code they
+    came from (``pipeline.common.split_outputs_key``)."""
+    arrays = {"key": np.array(key)}
+    for split, (logits, labels, loss) in outputs.items():
+        arrays |= {f"{split}.logits": logits, f"{split}.labels": labels, f"{split}.loss": np.array(loss)}
+    with atomic_file(Path(folder) / SPLIT_OUTPUTS_FILE) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+            np.savez(f, **arrays)
+
+
+def load_split_outputs(folder: Path, key: str) -> dict[str, tuple] | None:
+    """The outputs ``save_split_outputs`` wrote under the same ``key``; None when there are none
+    or they came from other data or code (then the caller predicts)."""
+    path = Path(folder) / SPLIT_OUTPUTS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        if str(saved["key"]) != key:
+            return None
+        return {split: (saved[f"{split}.logits"], saved[f"{split}.labels"], float(saved[f"{split}.loss"]))
+                for split in EVALUATED_SPLITS if f"{split}.logits" in saved}

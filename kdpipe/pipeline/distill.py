@@ -1,9 +1,12 @@
-"""Stage ``distill@<run>-<seed>``: distil one student with run ``<run>`` of ``distill.runs``
-under one of ``distill.seeds``.
+"""Stage ``distill@<run>``: distil run ``<run>`` of ``distill.runs`` once per seed of
+``distill.seeds``, one student each.
 
 Three named steps: ``setup_run`` (data, teacher, student, method, teacher cache), ``train_phase``
 (once per phase of the method, each starting from the student the previous phase selected) and
-``summarize``; ``distill`` runs them and saves the student.
+``summarize``; ``distill`` runs them and saves the student.  One process trains all of a run's
+seeds (its start-up, 7-10 s of imports and tracking, is paid once): ``seed_fingerprint`` lets the
+stage keep a seed's student that nothing it depends on has changed since (a seed added to
+``distill.seeds`` trains only the new one), and ``remove_other_seeds`` drops the seeds no longer listed.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from kdpipe.methods.base import Method
 from kdpipe.methods.mapping import format_rows
 from kdpipe.methods.registry import build_run_method, run_student
 from kdpipe.models.adapters import num_layers
-from kdpipe.models.loading import count_parameters, encoder_for, load_classifier, load_tokenizer
+from kdpipe.models.loading import count_parameters, encoder_for, load_classifier, load_tokenizer, read_model_meta
 from kdpipe.models.students import make_student
-from kdpipe.pipeline.common import save_trained, summary, with_main_metric
+from kdpipe.evaluation.predict import split_outputs
+from kdpipe.pipeline.common import save_trained, split_outputs_key, summary, with_main_metric
 from kdpipe.pipeline.ptp import ptp_encoder_dir
 from kdpipe.pipeline.teacher_outputs import open_cache
 from kdpipe.training.checkpoints import finished_phase, fingerprint, mark_phase_done, remove_checkpoints
@@ -175,11 +179,13 @@ def write_phase_curves(plots_dir: Path, setup: RunSetup, outcomes: dict[str, Pha
 
 def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, out_dir: Path,
             checkpoint_dir: Path, plots_dir: Path, logger=None, teacher_cache_dir: Path | None = None,
-            ptp_dir: Path = Path("models/ptp"), echo=print, seed: int | None = None) -> dict:
+            ptp_dir: Path = Path("models/ptp"), echo=print, seed: int | None = None,
+            inputs_fingerprint: str | None = None) -> dict:
     """Distil one student with run ``run_name`` under ``seed`` (None = the first of
     ``distill.seeds``) and save it to ``out_dir``; returns its summary.  ``teacher_cache_dir``
     (the teacher_outputs stage's folder) replaces the live teacher where the method's teacher
-    signal is cached."""
+    signal is cached.  ``inputs_fingerprint`` (``seed_fingerprint``) is kept in the student's
+    ``kdpipe.json``, for ``is_current``."""
     setup = setup_run(params, run_name, data_dir, teacher_dir, teacher_cache_dir, ptp_dir, echo, seed)
     started = time.perf_counter()
     outcomes = {phase: train_phase(params, setup, phase, checkpoint_dir, logger) for phase in setup.method.phases}
@@ -189,10 +195,16 @@ def distill(params: Params, run_name: str, data_dir: Path, teacher_dir: Path, ou
     if setup.multi_phase and is_main_process():
         write_phase_curves(plots_dir, setup, outcomes)
     curve = merge_phases({p: o.result for p, o in outcomes.items()})
+    # dev/test outputs of the selected weights, scored by the evaluate stage without predicting again
+    outputs = None
+    if is_main_process():
+        collator = DistillCollator(setup.student_encoder, None, setup.spec.problem == "regression")
+        outputs = (split_outputs(setup.student, setup.sets, collator), split_outputs_key(data_dir, params.max_length))
     save_trained(setup.student, setup.tokenizer, out_dir, plots_dir, setup.model_name, curve, setup.spec, {
         "role": "student", "run": run_name, "seed": setup.seed, "method": setup.method.describe(), "init_layers": setup.layers,
-        "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result},
-        card=model_card(student_card_facts(params, run_name, setup.seed, result, setup.spec.to_dict())))
+        "task": setup.spec.to_dict(), "max_length": params.max_length, "training": result,
+        "inputs_fingerprint": inputs_fingerprint},
+        card=model_card(student_card_facts(params, run_name, setup.seed, result, setup.spec.to_dict())), outputs=outputs)
     remove_checkpoints(checkpoint_dir)
     return result
 
@@ -204,3 +216,44 @@ def supplementary_set(params: Params, run_name: str, spec: TaskSpec) -> tuple[Te
     frame = supplementary_frame(params.distill.runs[run_name].supplementary, params.task, spec, params.seed,
                                 repo_root(), where=f"distill.runs.{run_name}.supplementary")
     return TextDataset(frame), str(int(pd.util.hash_pandas_object(frame, index=True).sum()))
+
+
+def seed_fingerprint(params: Params, run_name: str, inputs: list[Path]):
+    """``seed -> hash`` of everything one seed's student depends on: what the stage's DVC entry
+    lists (the run's params, the shared distill and student settings, the data options, the input
+    folders and files ``inputs``, and the code), but for the other seeds.  The folders are read
+    once, here."""
+    run = params.distill.runs[run_name]
+    # folders are read whole; a file by its bytes, a missing one by its name (never a path: the
+    # same project elsewhere has the same fingerprints)
+    contents = [p if p.is_dir() else (p.read_bytes().hex() if p.is_file() else f"missing {p.name}")
+                for p in map(Path, inputs)]
+    shared = fingerprint("distill", run_name, run.model_dump(), run_student(params, run_name).model_dump(),
+                         params.seed, params.max_length, params.task.model_dump(), params.student.model_dump(),
+                         params.distill.train.model_dump(), params.distill.teacher_cache.model_dump(),
+                         *contents, code=__name__)
+    return lambda seed: fingerprint(shared, seed, code=__name__)
+
+
+def is_current(out_dir: Path, metrics_file: Path, inputs_fingerprint: str) -> bool:
+    """Whether ``out_dir`` holds a student trained under ``inputs_fingerprint``, with its metrics file."""
+    try:
+        return Path(metrics_file).is_file() and read_model_meta(out_dir).get("inputs_fingerprint") == inputs_fingerprint
+    except (FileNotFoundError, ValueError):  # no student yet, or a half-read meta file
+        return False
+
+
+def remove_other_seeds(params: Params, run_name: str, root: Path) -> list[int]:
+    """Delete run ``run_name``'s students, metrics and curves of seeds no longer in ``distill.seeds``
+    (the stage's outputs then hold exactly the listed seeds); returns those seeds."""
+    keep = {f"seed-{seed}" for seed in params.distill.seeds}
+    removed = set()
+    folders = [root / "models/students" / run_name, root / "metrics/distill" / run_name,
+               root / "plots/train" / run_name, root / "plots/dev" / run_name, root / "plots/phases" / run_name]
+    for folder in folders:
+        for item in folder.glob("seed-*") if folder.is_dir() else []:
+            stem = item.name.removesuffix(".json").removesuffix(".csv")
+            if stem not in keep and stem.removeprefix("seed-").isdigit():
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+                removed.add(int(stem.removeprefix("seed-")))
+    return sorted(removed)

@@ -15,15 +15,16 @@ import pandas as pd
 import torch
 
 from kdpipe.config import Params, student_name
-from kdpipe.data.batches import DistillCollator, Encoder, inference_loader, split_labels
+from kdpipe.data.batches import DistillCollator, Encoder, split_labels
 from kdpipe.data.splits import TextDataset, load_datasets
 from kdpipe.data.tasks import TaskSpec
 from kdpipe.evaluation.latency import latency_inputs, torch_latency
 from kdpipe.evaluation.metrics import compute_metrics, predicted_values
-from kdpipe.evaluation.predict import predict
-from kdpipe.evaluation.significance import (ASO_THRESHOLD, CONFIDENCE, almost_stochastic_order, metric_interval,
+from kdpipe.evaluation.predict import load_split_outputs, split_outputs
+from kdpipe.evaluation.significance import (ASO_THRESHOLD, CONFIDENCE, almost_stochastic_orders, metric_interval,
                                             paired_difference)
 from kdpipe.files import atomic_dir
+from kdpipe.pipeline.common import split_outputs_key
 from kdpipe.models.adapters import ModelShape, num_heads, num_layers
 from kdpipe.models.loading import (count_parameters, encoder_for, is_model_dir, load_classifier, load_tokenizer,
                                    model_file_bytes, read_model_meta)
@@ -40,19 +41,27 @@ ASO_MIN_SEEDS = 3
 
 
 def evaluate_model(params: Params, model_dir: Path, spec: TaskSpec, sets: dict[str, TextDataset],
-                   compare_heads: int | None = None, outputs: dict | None = None, timing: bool = True) -> dict:
+                   compare_heads: int | None = None, outputs: dict | None = None, timing: bool = True,
+                   outputs_key: str | None = None) -> dict:
     """Dev/test metrics, size and PyTorch latency of one saved model.  ``compare_heads``: when the
     model runs another head count, also time the same weights reshaped to that many heads
     (MLKD-BERT: a fewer-head student vs the teacher's head count), as ``latency_ms_at_heads``.
     ``outputs``: filled with each split's raw outputs [N, C] (for predictions and comparisons).
-    ``timing=False``: metrics only (a run's further seeds: same architecture, same cost)."""
-    model = load_classifier(model_dir).eval()
-    encoder = encoder_for(model, load_tokenizer(model_dir), params.max_length)
-    collator = DistillCollator(encoder, None, spec.problem == "regression")
+    ``timing=False``: metrics only (a run's further seeds: same architecture, same cost).
+    ``outputs_key``: score the dev/test outputs the model's training stage saved under this key
+    (``pipeline.common.split_outputs_key``) instead of predicting again, where there are any."""
+    saved = load_split_outputs(model_dir, outputs_key) if outputs_key else None
+    if saved is not None and not timing:  # scored from the outputs its training stage saved
+        model = encoder = None
+    else:
+        model = load_classifier(model_dir).eval()
+        encoder = encoder_for(model, load_tokenizer(model_dir), params.max_length)
+    if saved is None:
+        saved = split_outputs(model, sets, DistillCollator(encoder, None, spec.problem == "regression"))
     report: dict = {}
     for split in ("dev", "test"):
-        if split in sets:
-            logits, labels, loss = predict(model, inference_loader(sets[split], collator, 64))
+        if split in saved:
+            logits, labels, loss = saved[split]
             if spec.problem == "qa":  # window logits -> each question's answer (SQuAD's post-processing)
                 logits, labels = sets[split].answers(logits), sets[split].references()
             report[split] = {**compute_metrics(spec, logits, labels), "loss": loss}
@@ -120,6 +129,7 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
     spec, sets = load_datasets(data_dir, load_tokenizer(teacher_dir), params.max_length)
     main = spec.main_metric
     runs = trained_seeds(params, students_dir)
+    outputs_key = split_outputs_key(data_dir, params.max_length)
     total = 1 + sum(len(seeds) for seeds in runs.values())
     started = time.perf_counter()
     echo(f"evaluate: teacher (1/{total}): dev/test metrics and latency")
@@ -136,7 +146,8 @@ def evaluate_models(params: Params, data_dir: Path, teacher_dir: Path, students_
             echo(f"evaluate: {student_name(run, seed)} ({done}/{total}, {time.perf_counter() - started:.0f} s so far)")
             seed_outputs[run][seed] = {}
             per_seed[seed] = evaluate_model(params, folder, spec, sets, compare_heads=teacher["attention_heads"],
-                                            outputs=seed_outputs[run][seed], timing=seed == seeds[0])
+                                            outputs=seed_outputs[run][seed], timing=seed == seeds[0],
+                                            outputs_key=outputs_key)
         report = combine_seeds(per_seed)
         report["method"] = read_model_meta(Path(students_dir) / student_name(run, seeds[0]))["method"]["method"]
         report["retention_pct"] = {split: round(100 * report[split][main] / teacher[split][main], 2)
@@ -195,6 +206,7 @@ def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, list[np
     main = report["main_metric"]
     report["comparisons"], report["dev_examples"] = targets, int(len(labels))
     seed_scores = {name: [s["dev"][main] for s in r["per_seed"].values()] for name, r in report["students"].items()}
+    aso_pending = []  # (comparison, scores, target's scores): computed together, in parallel
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
         versus = {}
         for role, target in targets.items():
@@ -204,9 +216,11 @@ def add_comparisons(report: dict, spec: TaskSpec, dev_outputs: dict[str, list[np
                                 "confidence": d.confidence, "verdict": d.verdict}
                 mine, theirs = seed_scores.get(name, []), seed_scores[target]
                 if min(len(mine), len(theirs)) >= ASO_MIN_SEEDS:
-                    versus[role]["aso"] = round(almost_stochastic_order(mine, theirs), 4)
-                    versus[role]["aso_threshold"] = ASO_THRESHOLD
+                    aso_pending.append((versus[role], mine, theirs))
         r["versus"] = versus
+    aso = almost_stochastic_orders([(mine, theirs) for _, mine, theirs in aso_pending], jobs=torch.get_num_threads())
+    for comparison, value in zip([c for c, _, _ in aso_pending], aso):
+        comparison["aso"], comparison["aso_threshold"] = round(value, 4), ASO_THRESHOLD
 
 
 def write_predictions(out_dir: Path, spec: TaskSpec, outputs: dict[str, dict[str, np.ndarray]],

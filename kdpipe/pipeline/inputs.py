@@ -6,7 +6,7 @@ or a run's ``supplementary`` could change without DVC noticing.  This stage, whi
 every ``dvc repro`` (``always_changed``, well under a second: no torch), writes one manifest per
 consumer with the content hash of every file that consumer reads, and each consumer depends on
 its own manifest.  Editing the train CSV re-runs ``data`` and what follows from it; editing one
-run's supplementary file re-runs only that run's ``distill@<run>-<seed>`` stages (and ``evaluate``).  Unchanged
+run's supplementary file re-runs only that run's ``distill@<run>`` stage (and ``evaluate``).  Unchanged
 inputs give byte-identical manifests, so nothing downstream runs.
 """
 

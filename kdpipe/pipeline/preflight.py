@@ -26,6 +26,8 @@ def preflight(params: Params, reads: Sequence[Path] = ()) -> None:
     here, naming the key at fault.  ``reads``: model folders the stage loads (the fine-tuned teacher,
     a student), checked too when present (a missing one is the stage's own error)."""
     check_runs(params)
+    for note in precision_notes(params):
+        print(f"kdpipe: warning: {note}", file=sys.stderr, flush=True)
     problem = params.task.problem or "classification"
     if params.task.name != "custom":
         problem = get_task(params.task.name).problem  # an unknown name fails here, listing the known ones
@@ -78,3 +80,21 @@ def training_notes(params: Params, run_name: str, method: Method) -> list[str]:
                          f"consistency regularisation (set phases.ild.epochs >= 2, or consistency_weight: 0 "
                          f"to say so)")
     return notes
+
+
+def precision_notes(params: Params, cpu_bf16: bool | None = None) -> list[str]:
+    """bf16 asked for on a CPU whose oneDNN has no bf16 kernels (``cpu_bf16``; None = this
+    machine's): it runs emulated, slower than fp32.  Nothing to say on a CUDA machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    if cpu_bf16 is None:
+        cpu_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    keys = {"teacher.train": params.teacher.train, "ptp.train": params.ptp.train,
+            "distill.train": params.distill.train}
+    keys |= {f"distill.runs.{name}.train": params.run_train_config(name) for name, run in params.distill.runs.items()
+             if run.train}
+    return [f"{key}.mixed_precision: bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no oneDNN bf16 "
+            f"kernels) runs emulated, slower than fp32: set it to no" for key, cfg in keys.items()
+            if cfg.mixed_precision == "bf16" and not cpu_bf16]

@@ -37,6 +37,9 @@ from kdpipe.methods.base import Method
 from kdpipe.models.taps import Mixup, ModelOutputs, run_model
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 class MetricLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -123,7 +126,10 @@ def train(student: torch.nn.Module, method: Method, spec: TaskSpec, train_set: T
     train_loader, dev_loader = accelerator.prepare(train_loader, dev_loader)
     steps_per_epoch = len(train_loader)  # per process, once sharded
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(_param_groups(student, method, cfg), lr=cfg.lr)
+    # fused: one kernel over all parameters instead of a Python loop per tensor (57 -> 10 ms a
+    # step for a 3-layer MiniLM student on 2 CPU cores, benchmarks/step_cost.py)
+    optimizer = torch.optim.AdamW(_param_groups(student, method, cfg), lr=cfg.lr,
+                                  fused=accelerator.device.type in FUSED_ADAMW_DEVICES)
     # Accelerate steps a prepared scheduler once per process at every optimizer step.
     n = accelerator.num_processes
     warmup = int(cfg.warmup_ratio * total_steps) * n
