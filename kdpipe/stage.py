@@ -37,15 +37,16 @@ class StageContext:
     def track(self, run_name: str, tags: dict[str, Any] | None = None):
         """One more MLflow run of this stage under the pipeline's parent, with the stage's params
         sections logged (a stage that trains several models: one run per model, in turn)."""
-        from kdpipe.tracking import stage_run
-
-        return _stage_run(stage_run, self.name, self.params, self.is_main, run_name, {**(self.tags or {}), **(tags or {})},
+        return _stage_run(self.name, self.params, self.is_main, run_name, {**(self.tags or {}), **(tags or {})},
                           self.sections)
 
 
 @contextlib.contextmanager
-def _stage_run(stage_run, name: str, params: Params, is_main: bool, run_name: str | None, tags: dict[str, Any],
+def _stage_run(name: str, params: Params, is_main: bool, run_name: str | None, tags: dict[str, Any],
                sections: Sequence[str]):
+    """The stage's MLflow run (``tracking.stage_run``) with its params sections logged."""
+    from kdpipe.tracking import stage_run
+
     dumped = params.model_dump()
     with stage_run(name, experiment=params.tracking.experiment, enabled=params.tracking.enabled and is_main,
                    run_name=run_name, tags={"kdpipe.task": params.task.name, **tags}) as tracker:
@@ -97,19 +98,16 @@ def stage(name: str, sections: list[str], run_name: str | None = None,
             check_store()
     except _user_errors() as e:
         _fail(name, e, code=2)
-    from kdpipe.tracking import stage_run
+    from kdpipe.tracking import NullTracker
 
     if models:
         from kdpipe.training.engine import is_main_process
         is_main = is_main_process()
     else:  # a single process: no launcher, no torch
         is_main = os.environ.get("RANK", "0") == "0"
-    run = _stage_run(stage_run, name, params, is_main, run_name, tags or {}, sections) if tracked \
-        else contextlib.nullcontext(None)
+    run = _stage_run(name, params, is_main, run_name, tags or {}, sections) if tracked \
+        else contextlib.nullcontext(NullTracker())
     with run as tracker:
-        if tracker is None:
-            from kdpipe.tracking import NullTracker
-            tracker = NullTracker()
         try:
             yield StageContext(params, root, tracker, is_main, name, sections, tags)
         except _user_errors() as e:
