@@ -232,7 +232,7 @@ def seed_fingerprint(params: Params, run_name: str, inputs: list[Path]):
                          params.seed, params.max_length, params.task.model_dump(), params.student.model_dump(),
                          params.distill.train.model_dump(), params.distill.teacher_cache.model_dump(),
                          *contents, code=__name__)
-    return lambda seed: fingerprint(shared, seed, code=__name__)
+    return lambda seed: f"{shared}-seed-{seed}"  # the code and folders are already in `shared`
 
 
 def is_current(out_dir: Path, metrics_file: Path, inputs_fingerprint: str) -> bool:
